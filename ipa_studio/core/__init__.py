@@ -1,0 +1,1 @@
+"""Qt-free core: adapter, models, engine. Importable without PySide6."""

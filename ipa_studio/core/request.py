@@ -1,0 +1,105 @@
+"""Immutable descriptions of one generation job.
+
+Everything a generation needs travels in one frozen ``GenerationRequest``; the engine never reads
+settings from anywhere else, so a request can be queued, logged, saved into PNG metadata and replayed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from PIL import Image
+
+ImageSource = str | Path | Image.Image
+"""A path to an image file, or an image already in memory (pasted, dropped, a previous result)."""
+
+SchedulerName = Literal["ddim", "dpm++", "euler-a"]
+SCHEDULERS: tuple[str, ...] = ("ddim", "dpm++", "euler-a")
+
+Scale = float | Mapping[str, float]
+"""λ: one number for every layer, or a mapping from UNet block prefix to λ.
+
+Block prefixes are the UNet's module names, for example ``"down_blocks.2"``, ``"mid_block"`` or
+``"up_blocks.1.attentions.1"``. A layer takes the λ of the longest matching prefix; a ``"default"``
+entry (0 when absent) covers layers no prefix matches.
+"""
+
+
+@dataclass(frozen=True)
+class Reference:
+    """One image prompt and its weight among the other references (1.0 = full share)."""
+
+    image: ImageSource
+    weight: float = 1.0
+
+
+@dataclass(frozen=True)
+class InitImage:
+    """Img2img / inpainting source. ``strength`` 1.0 repaints fully, 0.0 keeps the image."""
+
+    image: ImageSource
+    strength: float = 0.75
+
+
+@dataclass(frozen=True)
+class MaskSpec:
+    """Inpainting mask: white = repaint, black = keep."""
+
+    image: ImageSource
+
+
+@dataclass(frozen=True)
+class ControlSpec:
+    """One ControlNet: the control map (already preprocessed), the model and its strength."""
+
+    image: ImageSource
+    model: str | Path
+    scale: float = 1.0
+    start: float = 0.0
+    end: float = 1.0
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Which files to run: base model (diffusers folder), IP-Adapter checkpoint, image encoder."""
+
+    base: str | Path
+    adapter: str | Path | None = None
+    image_encoder: str | Path | None = None
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    models: ModelSpec
+    references: tuple[Reference, ...] = ()
+    prompt: str = ""
+    negative_prompt: str = ""
+    scale: Scale = 1.0
+    steps: int = 50
+    guidance: float = 7.5
+    seed: int = 0
+    width: int = 512
+    height: int = 512
+    scheduler: SchedulerName = "ddim"
+    num_images: int = 1
+    init: InitImage | None = None
+    mask: MaskSpec | None = None
+    controls: tuple[ControlSpec, ...] = field(default_factory=tuple)
+
+    @property
+    def mode(self) -> str:
+        """Human name of the job kind, for metadata and logs."""
+        if self.mask is not None:
+            base = "inpaint"
+        elif self.init is not None:
+            base = "img2img"
+        else:
+            base = "txt2img"
+        return base + ("+controlnet" if self.controls else "")
+
+    def replace(self, **changes: Any) -> GenerationRequest:
+        return dataclasses.replace(self, **changes)
