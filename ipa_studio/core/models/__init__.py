@@ -1,0 +1,1 @@
+"""Model library: known downloads, local files, architecture detection, safe loading."""

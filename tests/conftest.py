@@ -1,0 +1,89 @@
+"""Shared pytest fixtures. Tiny models are built once per session, in the real on-disk formats.
+
+Nothing here may reach the network: the hub is switched to offline mode before anything imports
+huggingface_hub, so an accidental ``from_pretrained("some/hub-id")`` fails fast instead of hanging.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # no fork warnings from the tokenizers pool
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from tests.fixtures.tiny_models import (  # noqa: E402
+    build_controlnet_folder,
+    build_image_encoder_folder,
+    build_sd15_folder,
+    make_reference_image,
+    write_ip_adapter,
+)
+
+# One thread: the tiny models' ops are far too small to gain from more, and on a busy 2-core machine
+# (parallel test runs) multi-threaded torch spin-waits: a 2-step 64 px generation took 0.05 s with one
+# thread and up to 19 s with two. IPA_TEST_THREADS overrides it for heavier local runs.
+torch.set_num_threads(int(os.environ.get("IPA_TEST_THREADS", "1")))
+
+ADAPTER_VARIANTS = ("global", "plus", "full")
+ADAPTER_FORMATS = ("bin", "safetensors")
+
+
+@pytest.fixture(scope="session")
+def tiny_sd15(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny SD1.5-shaped diffusers folder (4-channel UNet)."""
+    return build_sd15_folder(tmp_path_factory.mktemp("models") / "tiny-sd15")
+
+
+@pytest.fixture(scope="session")
+def tiny_sd15_inpaint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny SD1.5 inpainting folder (9-channel UNet)."""
+    return build_sd15_folder(tmp_path_factory.mktemp("models") / "tiny-sd15-inpaint", in_channels=9, seed=10)
+
+
+@pytest.fixture(scope="session")
+def tiny_image_encoder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny CLIPVisionModelWithProjection folder (hidden 32, projection 24, 32 px)."""
+    return build_image_encoder_folder(tmp_path_factory.mktemp("models") / "image_encoder")
+
+
+@pytest.fixture(scope="session")
+def tiny_controlnet(tmp_path_factory: pytest.TempPathFactory, tiny_sd15: Path) -> Path:
+    """A tiny ControlNet for ``tiny_sd15`` whose residuals are non-zero."""
+    return build_controlnet_folder(tmp_path_factory.mktemp("models") / "controlnet", tiny_sd15)
+
+
+@pytest.fixture(scope="session")
+def tiny_adapters(
+    tmp_path_factory: pytest.TempPathFactory, tiny_sd15: Path, tiny_image_encoder: Path
+) -> dict[tuple[str, str], Path]:
+    """IP-Adapter checkpoints for the tiny models, keyed (variant, fmt): variants global/plus/full."""
+    folder = tmp_path_factory.mktemp("adapters")
+    adapters = {}
+    for seed, variant in enumerate(ADAPTER_VARIANTS, start=3):
+        for fmt in ADAPTER_FORMATS:
+            adapters[(variant, fmt)] = write_ip_adapter(
+                folder / f"ip-adapter-{variant}_tiny.{fmt}",
+                variant=variant,  # type: ignore[arg-type]
+                sd15_folder=tiny_sd15,
+                image_encoder_folder=tiny_image_encoder,
+                fmt=fmt,  # type: ignore[arg-type]
+                seed=seed,
+            )
+    return adapters
+
+
+@pytest.fixture(scope="session")
+def reference_images() -> list[Image.Image]:
+    """A few distinct, deterministic RGB reference pictures of different sizes."""
+    return [
+        make_reference_image(0),
+        make_reference_image(1, size=(64, 64)),
+        make_reference_image(2, size=(40, 90)),
+    ]
