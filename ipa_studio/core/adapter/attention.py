@@ -1,0 +1,127 @@
+"""Decoupled cross-attention (paper §3.2.2): Z = Attn(Q, K, V) + λ · Attn(Q, K', V').
+
+The processors are plain callables, not ``nn.Module``s, so the W'k / W'v weights stay owned by the
+adapter and never become part of the UNet's own state dict.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass
+class AdapterContext:
+    """State shared by every processor of one installed adapter, set once per generation.
+
+    ``tokens`` are the projected image tokens for the whole UNet batch (unconditional rows first
+    under classifier-free guidance). ``bias`` is an optional additive attention bias over those
+    tokens that carries per-reference weights. Bumping ``version`` tells processors that their
+    cached K'/V' are stale; since the tokens are constant through a generation, K'/V' are computed
+    once per generation rather than once per step.
+    """
+
+    tokens: torch.Tensor | None = None
+    bias: torch.Tensor | None = None
+    strength: float = 1.0
+    version: int = 0
+
+    def set_tokens(
+        self, tokens: torch.Tensor | None, bias: torch.Tensor | None = None, strength: float = 1.0
+    ) -> None:
+        self.tokens = tokens
+        self.bias = bias
+        self.strength = strength
+        self.version += 1
+
+    def clear(self) -> None:
+        self.set_tokens(None)
+
+
+class DecoupledAttnProcessor:
+    """Replaces an ``attn2`` processor: the text attention unchanged, plus the image attention."""
+
+    def __init__(self, to_k_ip: nn.Linear, to_v_ip: nn.Linear, context: AdapterContext, scale: float) -> None:
+        self.to_k_ip = to_k_ip
+        self.to_v_ip = to_v_ip
+        self.context = context
+        self.scale = scale
+        self._cache_version = -1
+        self._cached_kv: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def _image_kv(self, heads: int, head_dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._cache_version != self.context.version or self._cached_kv is None:
+            tokens = self.context.tokens
+            b = tokens.shape[0]
+            k = self.to_k_ip(tokens).view(b, -1, heads, head_dim).transpose(1, 2)
+            v = self.to_v_ip(tokens).view(b, -1, heads, head_dim).transpose(1, 2)
+            self._cached_kv = (k, v)
+            self._cache_version = self.context.version
+        return self._cached_kv
+
+    def __call__(
+        self,
+        attn,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        temb: torch.Tensor | None = None,
+        **_unused,
+    ) -> torch.Tensor:
+        # The text half follows diffusers' AttnProcessor2_0 step by step, so λ=0 is bit-identical
+        # to the plain model.
+        residual = hidden_states
+        if attn.spatial_norm is not None:
+            hidden_states = attn.spatial_norm(hidden_states, temb)
+
+        input_ndim = hidden_states.ndim
+        if input_ndim == 4:
+            batch_size, channel, height, width = hidden_states.shape
+            hidden_states = hidden_states.view(batch_size, channel, height * width).transpose(1, 2)
+
+        batch_size, sequence_length, _ = (
+            hidden_states.shape if encoder_hidden_states is None else encoder_hidden_states.shape
+        )
+        if attention_mask is not None:
+            attention_mask = attn.prepare_attention_mask(attention_mask, sequence_length, batch_size)
+            attention_mask = attention_mask.view(batch_size, attn.heads, -1, attention_mask.shape[-1])
+
+        if attn.group_norm is not None:
+            hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
+
+        query = attn.to_q(hidden_states)
+        if encoder_hidden_states is None:
+            encoder_hidden_states = hidden_states
+        elif attn.norm_cross:
+            encoder_hidden_states = attn.norm_encoder_hidden_states(encoder_hidden_states)
+
+        key = attn.to_k(encoder_hidden_states)
+        value = attn.to_v(encoder_hidden_states)
+        inner_dim = key.shape[-1]
+        head_dim = inner_dim // attn.heads
+        query = query.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
+        key = key.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
+        value = value.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
+
+        hidden_states = F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask)
+        hidden_states = hidden_states.transpose(1, 2).reshape(batch_size, -1, attn.heads * head_dim)
+        hidden_states = hidden_states.to(query.dtype)
+
+        ctx = self.context
+        weight = self.scale * ctx.strength
+        if ctx.tokens is not None and weight != 0:
+            ip_key, ip_value = self._image_kv(attn.heads, head_dim)
+            ip = F.scaled_dot_product_attention(query, ip_key, ip_value, attn_mask=ctx.bias)
+            ip = ip.transpose(1, 2).reshape(batch_size, -1, attn.heads * head_dim).to(query.dtype)
+            hidden_states = hidden_states + weight * ip
+
+        hidden_states = attn.to_out[0](hidden_states)
+        hidden_states = attn.to_out[1](hidden_states)
+        if input_ndim == 4:
+            hidden_states = hidden_states.transpose(-1, -2).reshape(batch_size, channel, height, width)
+        if attn.residual_connection:
+            hidden_states = hidden_states + residual
+        return hidden_states / attn.rescale_output_factor
