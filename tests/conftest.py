@@ -18,7 +18,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from tests.fixtures.tiny_models import (  # noqa: E402
+from ipa_studio.core.models.tiny import (  # noqa: E402
     build_controlnet_folder,
     build_image_encoder_folder,
     build_sd15_folder,

@@ -18,7 +18,7 @@ from ipa_studio.core.adapter import (
 from ipa_studio.core.adapter.adapter import resolve_scale
 from ipa_studio.core.errors import AdapterMismatchError, ModelFileError, UnsafeFileError
 from ipa_studio.core.models.safe_load import load_weights
-from tests.fixtures.tiny_models import write_legacy_malicious_pickle, write_malicious_pickle
+from tests.fixtures.malicious import write_legacy_malicious_pickle, write_malicious_pickle
 
 
 @pytest.mark.parametrize("variant", ["global", "plus", "full"])

@@ -18,16 +18,15 @@ import pytest
 import torch
 from PIL import Image
 
-from ipa_studio.core.models.tokenizer import TOKENIZER_FILES, write_clip_tokenizer_files
-from tests.fixtures.tiny_models import (
+from ipa_studio.core.models.tiny import (
     attn2_layers,
     build_image_encoder_folder,
     make_mask,
     make_reference_image,
     write_ip_adapter,
-    write_legacy_malicious_pickle,
-    write_malicious_pickle,
 )
+from ipa_studio.core.models.tokenizer import TOKENIZER_FILES, write_clip_tokenizer_files
+from tests.fixtures.malicious import write_legacy_malicious_pickle, write_malicious_pickle
 
 SENTENCES = [
     "a photo of a cat",
