@@ -1,0 +1,544 @@
+"""The generation engine: loads components once, runs every mode from one immutable request.
+
+One denoising loop serves text-to-image, img2img, inpainting (9-channel inpaint UNets and ordinary
+UNets) and ControlNet; the modes differ only in how the first latents are made, what is
+concatenated to the UNet input and which residuals are added. The loop reproduces diffusers'
+pipelines operation for operation (same random draws in the same order), which is what lets the
+tests hold it to diffusers' own IP-Adapter implementation.
+"""
+
+from __future__ import annotations
+
+import inspect
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ipa_studio.core.adapter import (
+    InstalledAdapter,
+    IPAdapter,
+    install_adapter,
+    read_checkpoint,
+    reference_bias,
+)
+from ipa_studio.core.adapter.checkpoint import check_fits
+from ipa_studio.core.devices import default_dtype, pick_device
+from ipa_studio.core.errors import Cancelled, ImageInputError, RequestError
+from ipa_studio.core.images import content_hash, load_image, load_mask
+from ipa_studio.core.models.loader import BaseModel, load_base_model, load_controlnet, load_image_encoder
+from ipa_studio.core.request import GenerationRequest
+
+# Latent → RGB for a cheap live preview (SD1.5 latent space; rows = latent channels).
+PREVIEW_MATRIX = torch.tensor(
+    [
+        [0.3512, 0.2297, 0.3227],
+        [0.3250, 0.4974, 0.2350],
+        [-0.2829, 0.1762, 0.2721],
+        [-0.2120, -0.2616, -0.7177],
+    ]
+)
+
+
+@dataclass(frozen=True)
+class StepInfo:
+    """Progress after one denoising step. ``preview`` is a small RGB image of the first result."""
+
+    step: int
+    total: int
+    elapsed: float
+    preview: Image.Image | None
+
+
+@dataclass
+class GenerationResult:
+    images: list[Image.Image]
+    latents: torch.Tensor
+    request: GenerationRequest
+    seconds: float
+
+
+@dataclass
+class EngineStats:
+    """Counters that let tests and benchmarks see what work really happened."""
+
+    image_encoder_calls: int = 0
+    projection_calls: int = 0
+    text_encoder_calls: int = 0
+    components_loaded: list[str] = field(default_factory=list)
+
+
+def latents_to_preview(latents: torch.Tensor) -> Image.Image:
+    """First latent of a batch → RGB at latent resolution (1/8 of the image), no VAE involved."""
+    rgb = torch.einsum("chw,cr->hwr", latents[0].float().cpu(), PREVIEW_MATRIX)
+    rgb = ((rgb + 1.0) / 2.0).clamp(0, 1).mul(255).round().to(torch.uint8).numpy()
+    return Image.fromarray(rgb, "RGB")
+
+
+def _to_pil(decoded: torch.Tensor) -> list[Image.Image]:
+    # Same rounding as diffusers' VaeImageProcessor.postprocess, so saved PNGs match too.
+    arr = (decoded / 2 + 0.5).clamp(0, 1).cpu().permute(0, 2, 3, 1).float().numpy()
+    arr = (arr * 255).round().astype(np.uint8)
+    return [Image.fromarray(a, "RGB") for a in arr]
+
+
+class _LRU(OrderedDict):
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        self.size = size
+
+    def get_or(self, key: Any, make: Callable[[], Any]) -> Any:
+        if key in self:
+            self.move_to_end(key)
+            return self[key]
+        value = make()
+        self[key] = value
+        while len(self) > self.size:
+            self.popitem(last=False)
+        return value
+
+
+@dataclass
+class _Encoder:
+    path: Path
+    model: Any
+    processor: Any
+
+
+@dataclass
+class _Adapter:
+    path: Path
+    installed: InstalledAdapter
+
+
+class Engine:
+    """Owns the loaded models. Not thread-safe: use it from one worker thread."""
+
+    def __init__(
+        self,
+        device: str | None = None,
+        dtype: torch.dtype | None = None,
+        *,
+        embed_cache_size: int = 64,
+    ) -> None:
+        self.device = pick_device(device)
+        self.dtype = dtype or default_dtype(self.device)
+        self.stats = EngineStats()
+        self._base: BaseModel | None = None
+        self._encoder: _Encoder | None = None
+        self._adapter: _Adapter | None = None
+        self._controlnets: dict[Path, Any] = {}
+        self._features = _LRU(embed_cache_size)
+        self._text = _LRU(16)
+
+    # ------------------------------------------------------------------ loading
+    @property
+    def base(self) -> BaseModel | None:
+        return self._base
+
+    @property
+    def adapter(self) -> IPAdapter | None:
+        return self._adapter.installed.adapter if self._adapter else None
+
+    def load(self, request: GenerationRequest) -> None:
+        """Make the request's models current, reading only files that are not loaded yet.
+
+        A load that fails leaves the previously loaded models in place and usable.
+        """
+        spec = request.models
+        base_path = Path(spec.base)
+        if self._base is None or self._base.path != base_path:
+            new_base = load_base_model(base_path, self.device, self.dtype)
+            self.stats.components_loaded.append(f"base:{base_path}")
+            old_adapter = self._adapter
+            if old_adapter is not None:
+                # Keep the adapter across base-model switches: move it onto the new UNet.
+                old_adapter.installed.remove()
+                self._adapter = None
+            self._base = new_base
+            self._text.clear()
+            if old_adapter is not None:
+                self._install(old_adapter.installed.adapter, old_adapter.path)
+
+        if spec.image_encoder is not None:
+            enc_path = Path(spec.image_encoder)
+            if self._encoder is None or self._encoder.path != enc_path:
+                model, processor = load_image_encoder(enc_path, self.device, self.dtype)
+                self.stats.components_loaded.append(f"encoder:{enc_path}")
+                self._encoder = _Encoder(enc_path, model, processor)
+
+        if spec.adapter is None:
+            if self._adapter is not None:
+                self._adapter.installed.remove()
+                self._adapter = None
+        else:
+            ad_path = Path(spec.adapter)
+            if self._adapter is None or self._adapter.path != ad_path:
+                if self._encoder is None:
+                    raise RequestError(
+                        "An IP-Adapter needs its image encoder: choose the image encoder folder as well."
+                    )
+                adapter = IPAdapter(read_checkpoint(ad_path))
+                self.stats.components_loaded.append(f"adapter:{ad_path}")
+                self._install(adapter, ad_path)
+
+        for control in request.controls:
+            cpath = Path(control.model)
+            if cpath not in self._controlnets:
+                self._controlnets[cpath] = load_controlnet(cpath, self.device, self.dtype)
+                self.stats.components_loaded.append(f"controlnet:{cpath}")
+
+    def _install(self, adapter: IPAdapter, path: Path) -> None:
+        assert self._base is not None and self._encoder is not None
+        unet = self._base.unet
+        cfg = self._encoder.model.config
+        # Check against the UNet before touching it, so a refused adapter leaves the current one.
+        from ipa_studio.core.adapter import cross_attention_layers
+
+        check_fits(
+            adapter.checkpoint_info,
+            [attn.to_k.out_features for _, attn in cross_attention_layers(unet)],
+            unet.config.cross_attention_dim,
+            cfg.projection_dim,
+            cfg.hidden_size,
+        )
+        if self._adapter is not None:
+            self._adapter.installed.remove()
+            self._adapter = None
+        installed = install_adapter(
+            adapter, unet, encoder_projection_dim=cfg.projection_dim, encoder_hidden_size=cfg.hidden_size
+        )
+        self._adapter = _Adapter(path, installed)
+
+    # ------------------------------------------------------------------ conditioning
+    def _encode_text(self, text: str) -> torch.Tensor:
+        base = self._base
+
+        def make() -> torch.Tensor:
+            tok = base.tokenizer
+            ids = tok(
+                text,
+                padding="max_length",
+                max_length=tok.model_max_length,
+                truncation=True,
+                return_tensors="pt",
+            ).input_ids
+            self.stats.text_encoder_calls += 1
+            with torch.no_grad():
+                return base.text_encoder(ids.to(self.device))[0].to(self.dtype)
+
+        return self._text.get_or(text, make)
+
+    def _image_features(self, image: Image.Image | None, hidden: bool) -> torch.Tensor:
+        """CLIP features of one reference (``None`` = the unconditional zero image), cached."""
+        enc = self._encoder
+        key = (str(enc.path), hidden, content_hash(image) if image is not None else "zero-image")
+
+        def make() -> torch.Tensor:
+            if image is None and not hidden:
+                # The global variant's unconditional branch is a zero embedding, not a zero image.
+                return torch.zeros(1, enc.model.config.projection_dim, device=self.device, dtype=self.dtype)
+            size = enc.model.config.image_size
+            if image is None:
+                pixels = torch.zeros(1, 3, size, size)
+            else:
+                pixels = enc.processor(image, return_tensors="pt").pixel_values
+            pixels = pixels.to(self.device, self.dtype)
+            self.stats.image_encoder_calls += 1
+            with torch.no_grad():
+                out = enc.model(pixels, output_hidden_states=hidden)
+            return out.hidden_states[-2] if hidden else out.image_embeds
+
+        return self._features.get_or(key, make)
+
+    def _image_tokens(
+        self, images: list[Image.Image], weights: list[float], n: int, cfg: bool
+    ) -> tuple[torch.Tensor, torch.Tensor | None, float]:
+        adapter = self._adapter.installed.adapter
+        hidden = adapter.uses_hidden_states
+        cond = torch.cat([self._image_features(im, hidden) for im in images])
+        uncond = self._image_features(None, hidden).expand_as(cond)
+        with torch.no_grad():
+            # One projection per generation for both branches; never per step.
+            projected = adapter.project(torch.cat([uncond, cond]))
+        self.stats.projection_calls += 1
+        per_ref = projected.shape[1]
+        u, c = projected.chunk(2)
+        u = u.reshape(1, -1, u.shape[-1]).repeat(n, 1, 1)
+        c = c.reshape(1, -1, c.shape[-1]).repeat(n, 1, 1)
+        tokens = torch.cat([u, c]) if cfg else c
+        bias, strength = reference_bias(weights, [per_ref] * len(images), self.device, self.dtype)
+        return tokens, bias, strength
+
+    # ------------------------------------------------------------------ generation
+    def generate(
+        self,
+        request: GenerationRequest,
+        on_step: Callable[[StepInfo], None] | None = None,
+        should_cancel: Callable[[], bool] | None = None,
+    ) -> GenerationResult:
+        """Run one request. Raises ``Cancelled`` (no image) when ``should_cancel`` turns true."""
+        started = time.perf_counter()
+        inputs = self._validate(request)
+        self.load(request)
+        try:
+            latents = self._denoise(request, inputs, on_step, should_cancel, started)
+            with torch.no_grad():
+                vae = self._base.vae
+                decoded = vae.decode(latents / vae.config.scaling_factor, return_dict=False)[0]
+            images = _to_pil(decoded)
+        finally:
+            if self._adapter is not None:
+                self._adapter.installed.context.clear()
+        return GenerationResult(images, latents, request, time.perf_counter() - started)
+
+    def _validate(self, r: GenerationRequest) -> dict[str, Any]:
+        """Read every input image and check the numbers before any model work starts."""
+        if r.steps < 1:
+            raise RequestError("Steps must be at least 1.")
+        if r.num_images < 1:
+            raise RequestError("The number of images must be at least 1.")
+        if r.references and r.models.adapter is None:
+            raise RequestError("Reference images need an IP-Adapter: choose an adapter file.")
+        if r.mask is not None and r.init is None:
+            raise RequestError("Inpainting needs an init image under the mask.")
+        if any(not ref.weight >= 0 for ref in r.references):
+            raise RequestError("Reference weights must be zero or more.")
+        # A reference at weight 0 contributes nothing; skipping it also skips its encoder call.
+        used = [ref for ref in r.references if ref.weight > 0]
+        out: dict[str, Any] = {
+            "refs": [load_image(ref.image, what="reference image") for ref in used],
+            "weights": [float(ref.weight) for ref in used],
+        }
+        if r.init is not None:
+            if not 0.0 < r.init.strength <= 1.0:
+                raise RequestError("Strength must be above 0 and at most 1.")
+            init = load_image(r.init.image, what="init image")
+            out["init"] = init
+            width, height = init.size
+        else:
+            width, height = r.width, r.height
+        if width % 8 or height % 8 or width < 64 or height < 64:
+            raise RequestError(f"The image size must be multiples of 8, at least 64 (got {width}×{height}).")
+        out["size"] = (width, height)
+        if r.mask is not None:
+            mask = load_mask(r.mask.image)
+            if mask.size != out["init"].size:
+                raise ImageInputError(
+                    f"The mask is {mask.size[0]}×{mask.size[1]} but the init image is "
+                    f"{width}×{height}; they must be the same size."
+                )
+            out["mask"] = mask
+        out["controls"] = [load_image(c.image, what="control image") for c in r.controls]
+        for c in r.controls:
+            if not 0.0 <= c.start < c.end <= 1.0:
+                raise RequestError("A control's start must be below its end, both between 0 and 1.")
+        return out
+
+    def _make_scheduler(self, name: str) -> Any:
+        from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, EulerAncestralDiscreteScheduler
+
+        classes = {
+            "ddim": DDIMScheduler,
+            "dpm++": DPMSolverMultistepScheduler,
+            "euler-a": EulerAncestralDiscreteScheduler,
+        }
+        if name not in classes:
+            raise RequestError(f"Unknown scheduler '{name}'. Choose one of: {', '.join(classes)}.")
+        return classes[name].from_config(self._base.scheduler_config)
+
+    def _denoise(
+        self,
+        r: GenerationRequest,
+        inputs: dict[str, Any],
+        on_step: Callable[[StepInfo], None] | None,
+        should_cancel: Callable[[], bool] | None,
+        started: float,
+    ) -> torch.Tensor:
+        from diffusers.image_processor import VaeImageProcessor
+        from diffusers.utils.torch_utils import randn_tensor
+
+        base = self._base
+        device, dtype = self.device, self.dtype
+        unet, vae = base.unet, base.vae
+        n = r.num_images
+        cfg = r.guidance > 1.0
+        width, height = inputs["size"]
+        generator = torch.Generator("cpu").manual_seed(r.seed)
+
+        prompt = self._encode_text(r.prompt).repeat(n, 1, 1)
+        if cfg:
+            prompt = torch.cat([self._encode_text(r.negative_prompt).repeat(n, 1, 1), prompt])
+
+        if self._adapter is not None:
+            ctx = self._adapter.installed.context
+            self._adapter.installed.set_scale(r.scale)
+            if inputs["refs"]:
+                tokens, bias, strength = self._image_tokens(inputs["refs"], inputs["weights"], n, cfg)
+                ctx.set_tokens(tokens, bias, strength)
+            else:
+                ctx.clear()
+
+        scheduler = self._make_scheduler(r.scheduler)
+        scheduler.set_timesteps(r.steps, device=device)
+        timesteps = scheduler.timesteps
+        if r.init is not None:
+            init_timestep = min(int(r.steps * r.init.strength), r.steps)
+            t_start = max(r.steps - init_timestep, 0)
+            timesteps = timesteps[t_start * scheduler.order :]
+            if hasattr(scheduler, "set_begin_index"):
+                scheduler.set_begin_index(t_start * scheduler.order)
+            if len(timesteps) == 0:
+                raise RequestError("Strength is too low for this number of steps: no step would run.")
+
+        image_proc = VaeImageProcessor(vae_scale_factor=base.vae_scale_factor)
+        shape = (
+            n,
+            vae.config.latent_channels,
+            height // base.vae_scale_factor,
+            width // base.vae_scale_factor,
+        )
+
+        def encode(pixels: torch.Tensor) -> torch.Tensor:
+            dist = vae.encode(pixels.to(device, dtype)).latent_dist
+            return vae.config.scaling_factor * dist.sample(generator)
+
+        mask_latents = masked_latents = image_latents = noise = None
+        with torch.no_grad():
+            if r.init is None:
+                latents = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
+                latents = latents * scheduler.init_noise_sigma
+            elif r.mask is None:
+                init = image_proc.preprocess(inputs["init"]).to(torch.float32)
+                image_latents = encode(init).repeat(n, 1, 1, 1)
+                noise = randn_tensor(image_latents.shape, generator=generator, device=device, dtype=dtype)
+                latents = scheduler.add_noise(image_latents, noise, timesteps[:1].repeat(n))
+            else:
+                latents, noise, image_latents, mask_latents, masked_latents = self._inpaint_latents(
+                    r, inputs, image_proc, encode, scheduler, timesteps, shape, generator, cfg
+                )
+
+            controls = self._prepare_controls(r, inputs, width, height, n, cfg)
+            extra = {}
+            step_params = set(inspect.signature(scheduler.step).parameters)
+            if "eta" in step_params:
+                extra["eta"] = 0.0
+            if "generator" in step_params:
+                extra["generator"] = generator
+
+            total = len(timesteps)
+            nine_channel = unet.config.in_channels == 9
+            for i, t in enumerate(timesteps):
+                if should_cancel is not None and should_cancel():
+                    raise Cancelled("Generation cancelled.")
+                model_in = torch.cat([latents] * 2) if cfg else latents
+                model_in = scheduler.scale_model_input(model_in, t)
+                down, mid = self._control_residuals(controls, model_in, t, prompt, i, total)
+                unet_in = (
+                    torch.cat([model_in, mask_latents, masked_latents], dim=1) if nine_channel else model_in
+                )
+                noise_pred = unet(
+                    unet_in,
+                    t,
+                    encoder_hidden_states=prompt,
+                    down_block_additional_residuals=down,
+                    mid_block_additional_residual=mid,
+                    return_dict=False,
+                )[0]
+                if cfg:
+                    uncond, text = noise_pred.chunk(2)
+                    noise_pred = uncond + r.guidance * (text - uncond)
+                latents = scheduler.step(noise_pred, t, latents, **extra, return_dict=False)[0]
+                if r.mask is not None and not nine_channel:
+                    # Ordinary UNet inpainting: re-impose the (re-noised) original outside the mask.
+                    keep = image_latents
+                    if i < total - 1:
+                        keep = scheduler.add_noise(keep, noise, torch.tensor([timesteps[i + 1]]))
+                    m = mask_latents.chunk(2)[0] if cfg else mask_latents
+                    latents = (1 - m) * keep + m * latents
+                if on_step is not None:
+                    on_step(
+                        StepInfo(i + 1, total, time.perf_counter() - started, latents_to_preview(latents))
+                    )
+        return latents
+
+    def _inpaint_latents(self, r, inputs, image_proc, encode, scheduler, timesteps, shape, generator, cfg):
+        from diffusers.image_processor import VaeImageProcessor
+        from diffusers.utils.torch_utils import randn_tensor
+
+        base = self._base
+        device, dtype = self.device, self.dtype
+        n = r.num_images
+        width, height = inputs["size"]
+        nine_channel = base.unet.config.in_channels == 9
+        strength_max = r.init.strength == 1.0
+        init = image_proc.preprocess(inputs["init"], height=height, width=width).to(torch.float32)
+        image_latents = None
+        # Random draws in diffusers' order: image latents (if needed), noise, masked-image latents.
+        if not nine_channel or not strength_max:
+            image_latents = encode(init).repeat(n, 1, 1, 1)
+        noise = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
+        if strength_max:
+            latents = noise * scheduler.init_noise_sigma
+        else:
+            latents = scheduler.add_noise(image_latents, noise, timesteps[:1].repeat(n))
+        mask_proc = VaeImageProcessor(
+            vae_scale_factor=base.vae_scale_factor,
+            do_normalize=False,
+            do_binarize=True,
+            do_convert_grayscale=True,
+        )
+        mask = mask_proc.preprocess(inputs["mask"], height=height, width=width)
+        masked_image = init * (mask < 0.5)
+        mask = torch.nn.functional.interpolate(mask, size=shape[2:]).to(device, dtype)
+        masked_latents = encode(masked_image)
+        mask = mask.repeat(n, 1, 1, 1)
+        masked_latents = masked_latents.repeat(n, 1, 1, 1)
+        if cfg:
+            mask = torch.cat([mask] * 2)
+            masked_latents = torch.cat([masked_latents] * 2)
+        return latents, noise, image_latents, mask, masked_latents
+
+    def _prepare_controls(self, r, inputs, width, height, n, cfg) -> list[tuple[Any, torch.Tensor, Any]]:
+        from diffusers.image_processor import VaeImageProcessor
+
+        proc = VaeImageProcessor(
+            vae_scale_factor=self._base.vae_scale_factor, do_convert_rgb=True, do_normalize=False
+        )
+        out = []
+        for spec, image in zip(r.controls, inputs["controls"], strict=True):
+            cond = proc.preprocess(image, height=height, width=width).to(torch.float32)
+            cond = cond.repeat_interleave(n, dim=0).to(self.device, self.dtype)
+            if cfg:
+                cond = torch.cat([cond] * 2)
+            out.append((self._controlnets[Path(spec.model)], cond, spec))
+        return out
+
+    @staticmethod
+    def _control_residuals(controls, model_in, t, prompt, i, total):
+        down = mid = None
+        for model, cond, spec in controls:
+            # Same window rule as diffusers' control_guidance_start / _end.
+            if i / total < spec.start or (i + 1) / total > spec.end:
+                continue  # a scale of zero would add exact zeros: skipping is identical and cheaper
+            d, m = model(
+                model_in,
+                t,
+                encoder_hidden_states=prompt,
+                controlnet_cond=cond,
+                conditioning_scale=spec.scale,
+                guess_mode=False,
+                return_dict=False,
+            )
+            if down is None:
+                down, mid = list(d), m
+            else:
+                down = [a + b for a, b in zip(down, d, strict=True)]
+                mid = mid + m
+        return down, mid
