@@ -1,0 +1,48 @@
+"""Command line entry point: ``ipa-studio <command>``. The same core as the window, no Qt.
+
+Each command lives in its own module with ``register(subparsers)``, which adds its parser and sets
+``run(args, parser) -> exit code`` as the default; add new commands to ``COMMANDS``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from ipa_studio import __version__
+from ipa_studio.cli import generate
+
+COMMANDS = [generate]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ipa-studio", description="Image-prompted Stable Diffusion 1.5.")
+    parser.add_argument("--version", action="version", version=f"ipa-studio {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for command in COMMANDS:
+        command.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from ipa_studio.core.errors import Cancelled, IPAStudioError
+
+    try:
+        return args.run(args, parser)
+    except Cancelled:
+        print("cancelled: no image was written", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        print("\ninterrupted: no image was written", file=sys.stderr)
+        return 130
+    except IPAStudioError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except (MemoryError, RuntimeError) as exc:
+        if isinstance(exc, RuntimeError) and "out of memory" not in str(exc):
+            raise
+        print("error: out of memory. Try a smaller size, fewer images, or --device cpu.", file=sys.stderr)
+        return 3

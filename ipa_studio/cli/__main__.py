@@ -1,0 +1,3 @@
+from ipa_studio.cli import main
+
+raise SystemExit(main())

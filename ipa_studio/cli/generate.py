@@ -1,0 +1,183 @@
+"""``ipa-studio generate``: one request from the command line, the same engine as the window."""
+
+from __future__ import annotations
+
+import argparse
+import random
+import sys
+from pathlib import Path
+
+from ipa_studio.core.request import (
+    SCHEDULERS,
+    ControlSpec,
+    GenerationRequest,
+    InitImage,
+    MaskSpec,
+    ModelSpec,
+    Reference,
+)
+
+PRECISIONS = {"fp16": "float16", "bf16": "bfloat16", "fp32": "float32"}
+
+
+def parse_reference(text: str) -> Reference:
+    """``IMAGE[:WEIGHT]``. A colon followed by something that is not a number belongs to the path
+    (``C:\\pics\\a.png``, ``my:file.png``)."""
+    path, sep, tail = text.rpartition(":")
+    if sep and path:
+        try:
+            weight = float(tail)
+        except ValueError:
+            return Reference(text)
+        if weight < 0:
+            raise argparse.ArgumentTypeError(f"the weight in '{text}' must be zero or more")
+        return Reference(path, weight)
+    return Reference(text)
+
+
+def parse_scale(text: str) -> float | dict[str, float]:
+    """λ as a number, or per block: ``down_blocks=0,mid_block=0.5,up_blocks.1=1,default=0.6``."""
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    out: dict[str, float] = {}
+    for part in text.split(","):
+        name, sep, value = part.partition("=")
+        try:
+            out[name.strip()] = float(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"'{text}' is not a λ: give a number (0.6) or blocks like 'down_blocks=0,up_blocks=1'"
+            ) from None
+        if not sep or not name.strip():
+            raise argparse.ArgumentTypeError(f"'{part}' in --scale needs the form BLOCK=NUMBER")
+    return out
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    g = sub.add_parser("generate", help="generate images from reference images and/or a prompt")
+    g.set_defaults(run=run)
+    m = g.add_argument_group("models")
+    m.add_argument("--model", required=True, type=Path, help="SD1.5 base model (diffusers folder)")
+    m.add_argument("--adapter", type=Path, help="IP-Adapter checkpoint (.safetensors or .bin)")
+    m.add_argument("--image-encoder", type=Path, help="image encoder folder (CLIP ViT-H/14)")
+    p = g.add_argument_group("prompts")
+    p.add_argument(
+        "--ref",
+        action="append",
+        default=[],
+        type=parse_reference,
+        metavar="IMAGE[:WEIGHT]",
+        help="reference image, repeatable; WEIGHT (default 1) sets its share among the references",
+    )
+    p.add_argument("--prompt", default="", help="text prompt (may be empty for image-only)")
+    p.add_argument("--negative", default="", help="negative prompt")
+    p.add_argument(
+        "--scale",
+        type=parse_scale,
+        default=1.0,
+        metavar="λ",
+        help="image prompt strength: 0 = text only, 1 = image (default); or per block, "
+        "e.g. 'down_blocks=0,up_blocks=1'",
+    )
+    s = g.add_argument_group("sampling")
+    s.add_argument("--steps", type=int, default=50)
+    s.add_argument("--guidance", type=float, default=7.5, help="classifier-free guidance scale")
+    s.add_argument("--seed", type=int, default=None, help="random seed (default: a new one, printed)")
+    s.add_argument("--width", type=int, default=512)
+    s.add_argument("--height", type=int, default=512)
+    s.add_argument("--scheduler", choices=SCHEDULERS, default="ddim")
+    s.add_argument("--num-images", type=int, default=1)
+    e = g.add_argument_group("img2img, inpainting and ControlNet")
+    e.add_argument("--init", type=Path, help="init image for img2img / inpainting (sets the size)")
+    e.add_argument("--strength", type=float, default=0.75, help="how much of the init image to repaint")
+    e.add_argument("--mask", type=Path, help="inpainting mask: white = repaint (same size as --init)")
+    e.add_argument("--control", action="append", default=[], type=Path, help="control map, repeatable")
+    e.add_argument(
+        "--controlnet", action="append", default=[], type=Path, help="ControlNet folder per --control"
+    )
+    e.add_argument("--control-scale", action="append", default=[], type=float, help="strength per --control")
+    o = g.add_argument_group("output")
+    o.add_argument("--device", default=None, help="cuda, mps or cpu (default: best available)")
+    o.add_argument(
+        "--precision",
+        choices=sorted(PRECISIONS),
+        default=None,
+        help="number format (default: fp16 on CUDA, fp32 elsewhere)",
+    )
+    o.add_argument("--out", type=Path, required=True, help="output PNG (numbered when --num-images > 1)")
+    o.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _controls(args: argparse.Namespace, parser: argparse.ArgumentParser) -> tuple[ControlSpec, ...]:
+    if len(args.controlnet) != len(args.control):
+        parser.error("give one --controlnet for each --control")
+    scales = args.control_scale or [1.0] * len(args.control)
+    if len(scales) != len(args.control):
+        parser.error("give one --control-scale for each --control (or none)")
+    return tuple(ControlSpec(c, n, s) for c, n, s in zip(args.control, args.controlnet, scales, strict=True))
+
+
+def request_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> GenerationRequest:
+    if args.mask is not None and args.init is None:
+        parser.error("--mask needs --init (the image to inpaint)")
+    return GenerationRequest(
+        models=ModelSpec(args.model, args.adapter, args.image_encoder),
+        references=tuple(args.ref),
+        prompt=args.prompt,
+        negative_prompt=args.negative,
+        scale=args.scale,
+        steps=args.steps,
+        guidance=args.guidance,
+        seed=args.seed if args.seed is not None else random.randrange(2**32),
+        width=args.width,
+        height=args.height,
+        scheduler=args.scheduler,
+        num_images=args.num_images,
+        init=InitImage(args.init, args.strength) if args.init is not None else None,
+        mask=MaskSpec(args.mask) if args.mask is not None else None,
+        controls=_controls(args, parser),
+    )
+
+
+def output_paths(out: Path, count: int) -> list[Path]:
+    if out.suffix.lower() != ".png":
+        out = out.with_suffix(".png")
+    if count == 1:
+        return [out]
+    return [out.with_name(f"{out.stem}_{i + 1}{out.suffix}") for i in range(count)]
+
+
+def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    # Heavy imports only once the arguments are known good, so --help stays instant.
+    import torch
+    from tqdm import tqdm
+
+    from ipa_studio.core.engine import Engine
+    from ipa_studio.core.images import save_png
+    from ipa_studio.core.metadata import request_to_metadata
+
+    request = request_from_args(args, parser)
+    targets = output_paths(args.out, request.num_images)
+    if not targets[0].parent.is_dir():
+        raise SystemExit(f"error: the output folder '{targets[0].parent}' does not exist")
+    print(f"seed {request.seed}", file=sys.stderr)
+    dtype = getattr(torch, PRECISIONS[args.precision]) if args.precision else None
+    engine = Engine(device=args.device, dtype=dtype)
+    bar = tqdm(total=request.steps, desc=request.mode, unit="step", disable=args.quiet, file=sys.stderr)
+
+    def on_step(info) -> None:
+        bar.total = info.total
+        bar.update(info.step - bar.n)
+
+    try:
+        result = engine.generate(request, on_step=on_step)
+    finally:
+        bar.close()
+    for index, (image, path) in enumerate(zip(result.images, targets, strict=True)):
+        extra = {"image_index": index} if len(targets) > 1 else {}
+        meta = request_to_metadata(request, extra={**extra, "seconds": round(result.seconds, 2)})
+        save_png(image, path, meta)
+        print(path)
+    return 0
