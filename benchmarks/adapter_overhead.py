@@ -1,6 +1,6 @@
 """Adapter overhead on full-size SD1.5 + ViT-H/14 architectures (random weights; CPU, fp32).
 
-Prints, each as the median of interleaved repeats measured in this one run:
+Prints, each from interleaved repeats measured in this one run (per-round ratios, then their median):
   * step time with our adapter / plain UNet step      (targets: ≤ 1.02 global, ≤ 1.03 plus)
   * our adapter step / diffusers' IP-Adapter step     (target: ≤ 1.0)
 and the number of image-encoder calls in a second generation with the same reference (target 0).
@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import random
 import statistics
 import sys
 import tempfile
 import time
+import timeit
 from pathlib import Path
 
 import torch
@@ -31,7 +33,7 @@ sys.path.insert(0, str(ROOT))
 from ipa_studio.core.adapter import IPAdapter, install_adapter, read_checkpoint  # noqa: E402
 from ipa_studio.core.adapter.checkpoint import save_checkpoint  # noqa: E402
 from ipa_studio.core.adapter.projection import GlobalProjection, Resampler  # noqa: E402
-from ipa_studio.core.engine import Engine  # noqa: E402
+from ipa_studio.core.engine import Engine, latents_to_preview  # noqa: E402
 from ipa_studio.core.models.safe_load import load_weights  # noqa: E402
 from ipa_studio.core.request import GenerationRequest, ModelSpec, Reference  # noqa: E402
 
@@ -81,18 +83,28 @@ def build_full_size(folder: Path) -> tuple[Path, Path, Path, Path]:
     return base, encoder, global_path, plus_path
 
 
-def median_times(configs: dict, repeats: int, warmup: int = 1) -> dict[str, float]:
-    """Run the configurations round-robin so drifts in machine speed hit all of them alike."""
+def interleaved_times(configs: dict, repeats: int, warmup: int = 1) -> dict[str, list[float]]:
+    """Run the configurations round-robin, in a fresh random order each round, so drifts in machine
+    speed hit all of them alike; returns every configuration's per-round times."""
+    rng = random.Random(0)
     samples: dict[str, list[float]] = {name: [] for name in configs}
     for r in range(warmup + repeats):
-        for name, (activate, step) in configs.items():
+        order = list(configs)
+        rng.shuffle(order)
+        for name in order:
+            activate, step = configs[name]
             activate()
             start = time.perf_counter()
             step()
             elapsed = time.perf_counter() - start
             if r >= warmup:
                 samples[name].append(elapsed)
-    return {name: statistics.median(values) for name, values in samples.items()}
+    return samples
+
+
+def ratio(samples: dict[str, list[float]], a: str, b: str) -> float:
+    """Median over rounds of a/b measured in the same round (robust to slow drifts)."""
+    return statistics.median(x / y for x, y in zip(samples[a], samples[b], strict=True))
 
 
 def main() -> None:
@@ -213,16 +225,25 @@ def main() -> None:
             f"({torch.get_num_threads()} threads)...",
             flush=True,
         )
-        med = median_times(configs, args.repeats)
+        samples = interleaved_times(configs, args.repeats)
+        preview_latents = torch.randn(1, 4, latent, latent)
+        preview_cost = (
+            min(timeit.repeat(lambda: latents_to_preview(preview_latents), number=10, repeat=5)) / 10
+        )
 
     print()
-    for name, value in med.items():
-        print(f"  {name:18s} median step {value * 1000:8.1f} ms")
-    print()
-    print(f"ours global / plain       : {med['ours-global'] / med['plain']:.4f}  (target <= 1.02)")
-    print(f"ours plus   / plain       : {med['ours-plus'] / med['plain']:.4f}  (target <= 1.03)")
-    print(f"ours global / diffusers   : {med['ours-global'] / med['diffusers-global']:.4f}  (target <= 1.0)")
-    print(f"ours plus   / diffusers   : {med['ours-plus'] / med['diffusers-plus']:.4f}  (target <= 1.0)")
+    for name, values in samples.items():
+        print(f"  {name:18s} median step {statistics.median(values) * 1000:8.1f} ms")
+    print("\nratios (median over rounds of the per-round ratio):")
+    rows = [
+        ("ours global / plain", ratio(samples, "ours-global", "plain"), "<= 1.02"),
+        ("ours plus / plain", ratio(samples, "ours-plus", "plain"), "<= 1.03"),
+        ("ours global / diffusers", ratio(samples, "ours-global", "diffusers-global"), "<= 1.0"),
+        ("ours plus / diffusers", ratio(samples, "ours-plus", "diffusers-plus"), "<= 1.0"),
+        ("live preview / plain step", preview_cost / statistics.median(samples["plain"]), "<= 0.01"),
+    ]
+    for label, value, target in rows:
+        print(f"  {label:26s}: {value:.4f}  (target {target})")
     print(f"image-encoder calls, second run with the same reference: {second}  (target 0)")
 
 
