@@ -63,7 +63,7 @@ def test_generate_modes(mode, tiny_sd15, tiny_adapters, tiny_image_encoder, tiny
     if mode == "img2img":
         args += ["--init", str(files["init"]), "--strength", "0.7"]
     elif mode == "inpaint":
-        args += ["--init", str(files["init"]), "--mask", str(files["mask"])]
+        args += ["--init", str(files["init"]), "--mask", str(files["mask"]), "--masked-only"]
     elif mode == "controlnet":
         args += [
             "--control",

@@ -93,6 +93,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--init", type=Path, help="init image for img2img / inpainting (sets the size)")
     e.add_argument("--strength", type=float, default=0.75, help="how much of the init image to repaint")
     e.add_argument("--mask", type=Path, help="inpainting mask: white = repaint (same size as --init)")
+    e.add_argument(
+        "--masked-only",
+        action="store_true",
+        help="repaint only the mask's surroundings, at the full --width x --height, and paste back",
+    )
+    e.add_argument(
+        "--mask-padding", type=int, default=32, help="context pixels around the mask (--masked-only)"
+    )
+    e.add_argument("--mask-blur", type=int, default=4, help="feather of the mask edge when blending back")
     e.add_argument("--control", action="append", default=[], type=Path, help="control map, repeatable")
     e.add_argument(
         "--controlnet", action="append", default=[], type=Path, help="ControlNet folder per --control"
@@ -136,7 +145,7 @@ def request_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser)
         scheduler=args.scheduler,
         num_images=args.num_images,
         init=InitImage(args.init, args.strength) if args.init is not None else None,
-        mask=MaskSpec(args.mask) if args.mask is not None else None,
+        mask=MaskSpec(args.mask, args.masked_only, args.mask_padding, args.mask_blur) if args.mask else None,
         controls=_controls(args, parser),
     )
 
@@ -175,6 +184,8 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         result = engine.generate(request, on_step=on_step)
     finally:
         bar.close()
+    for notice in result.notices:
+        print(f"note: {notice}", file=sys.stderr)
     for index, (image, path) in enumerate(zip(result.images, targets, strict=True)):
         extra = {"image_index": index} if len(targets) > 1 else {}
         meta = request_to_metadata(request, extra={**extra, "seconds": round(result.seconds, 2)})

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ipa_studio.core import compose
 from ipa_studio.core.adapter import (
     InstalledAdapter,
     IPAdapter,
@@ -30,7 +31,7 @@ from ipa_studio.core.adapter import (
 )
 from ipa_studio.core.adapter.checkpoint import check_fits
 from ipa_studio.core.devices import default_dtype, pick_device
-from ipa_studio.core.errors import Cancelled, ImageInputError, RequestError
+from ipa_studio.core.errors import Cancelled, RequestError
 from ipa_studio.core.images import content_hash, load_image, load_mask
 from ipa_studio.core.models.loader import BaseModel, load_base_model, load_controlnet, load_image_encoder
 from ipa_studio.core.request import GenerationRequest
@@ -62,6 +63,8 @@ class GenerationResult:
     latents: torch.Tensor
     request: GenerationRequest
     seconds: float
+    notices: list[str] = field(default_factory=list)
+    """Things the user should know that did not stop the job (e.g. a mask that was scaled)."""
 
 
 @dataclass
@@ -287,6 +290,9 @@ class Engine:
         started = time.perf_counter()
         inputs = self._validate(request)
         self.load(request)
+        box = None
+        if request.mask is not None and request.mask.only_masked:
+            box = self._crop_to_mask(request, inputs)
         try:
             latents = self._denoise(request, inputs, on_step, should_cancel, started)
             with torch.no_grad():
@@ -296,7 +302,40 @@ class Engine:
         finally:
             if self._adapter is not None:
                 self._adapter.installed.context.clear()
-        return GenerationResult(images, latents, request, time.perf_counter() - started)
+        images = [self._finish(request, inputs, image, box) for image in images]
+        return GenerationResult(images, latents, request, time.perf_counter() - started, inputs["notices"])
+
+    @staticmethod
+    def _crop_to_mask(r: GenerationRequest, inputs: dict[str, Any]) -> tuple[int, int, int, int]:
+        """Swap the inputs for the mask's surroundings, scaled up to the request's full size."""
+        target = compose.work_size((r.width, r.height))
+        box = compose.crop_box(inputs["mask_original"], r.mask.padding, target[0] / target[1])
+        inputs["init"] = inputs["init_original"].crop(box).resize(target, Image.Resampling.LANCZOS)
+        inputs["mask"] = inputs["mask_original"].crop(box).resize(target, Image.Resampling.BILINEAR)
+        inputs["size"] = target
+        # Control maps drawn for the whole picture must follow the same crop.
+        inputs["controls"] = [
+            c.crop(box) if c.size == inputs["init_original"].size else c for c in inputs["controls"]
+        ]
+        return box
+
+    @staticmethod
+    def _finish(
+        r: GenerationRequest,
+        inputs: dict[str, Any],
+        image: Image.Image,
+        box: tuple[int, int, int, int] | None,
+    ) -> Image.Image:
+        """Back to the size that was asked for; for inpainting, the original outside the mask."""
+        original = inputs["original_size"]
+        if r.mask is None:
+            if image.size != original:
+                image = image.resize(original, Image.Resampling.LANCZOS)
+            return image
+        full_box = box or (0, 0, *original)
+        return compose.paste_back(
+            inputs["init_original"], image, inputs["mask_original"], r.mask.blur, full_box
+        )
 
     def _validate(self, r: GenerationRequest) -> dict[str, Any]:
         """Read every input image and check the numbers before any model work starts."""
@@ -316,25 +355,30 @@ class Engine:
             "refs": [load_image(ref.image, what="reference image") for ref in used],
             "weights": [float(ref.weight) for ref in used],
         }
+        notices: list[str] = []
         if r.init is not None:
             if not 0.0 < r.init.strength <= 1.0:
                 raise RequestError("Strength must be above 0 and at most 1.")
             init = load_image(r.init.image, what="init image")
-            out["init"] = init
-            width, height = init.size
+            original = init.size
         else:
-            width, height = r.width, r.height
-        if width % 8 or height % 8 or width < 64 or height < 64:
-            raise RequestError(f"The image size must be multiples of 8, at least 64 (got {width}×{height}).")
-        out["size"] = (width, height)
+            original = (r.width, r.height)
+        if min(original) < compose.MIN_SIDE:
+            raise RequestError(
+                f"The image must be at least 64 pixels a side (got {original[0]}×{original[1]})."
+            )
+        # The UNet needs multiples of 8: work at the nearest such size, hand back the original size.
+        size = compose.work_size(original)
+        out["original_size"], out["size"], out["notices"] = original, size, notices
+        if r.init is not None:
+            out["init_original"] = init
+            out["init"] = init if init.size == size else init.resize(size, Image.Resampling.LANCZOS)
         if r.mask is not None:
-            mask = load_mask(r.mask.image)
-            if mask.size != out["init"].size:
-                raise ImageInputError(
-                    f"The mask is {mask.size[0]}×{mask.size[1]} but the init image is "
-                    f"{width}×{height}; they must be the same size."
-                )
-            out["mask"] = mask
+            mask, notice = compose.fit_mask(load_mask(r.mask.image), original)
+            if notice:
+                notices.append(notice)
+            out["mask_original"] = mask
+            out["mask"] = mask if mask.size == size else mask.resize(size, Image.Resampling.BILINEAR)
         out["controls"] = [load_image(c.image, what="control image") for c in r.controls]
         for c in r.controls:
             if not 0.0 <= c.start < c.end <= 1.0:

@@ -47,9 +47,18 @@ class InitImage:
 
 @dataclass(frozen=True)
 class MaskSpec:
-    """Inpainting mask: white = repaint, black = keep."""
+    """Inpainting mask: white = repaint, black = keep; grey edges blend.
+
+    ``only_masked`` repaints just the mask's bounding box (plus ``padding`` pixels of context),
+    generated at the request's full width × height and pasted back, so a small masked area gets
+    the model's full resolution. ``blur`` softens the inside of the mask edge when the result is
+    blended over the original; pixels outside the mask always stay exactly as they were.
+    """
 
     image: ImageSource
+    only_masked: bool = False
+    padding: int = 32
+    blur: int = 4
 
 
 @dataclass(frozen=True)

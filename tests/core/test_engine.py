@@ -199,7 +199,7 @@ def test_bad_inputs_are_named(engine, tmp_path, tiny_sd15, tiny_adapters, tiny_i
             good.replace(init=InitImage(init, 0.7), mask=MaskSpec(make_mask((80, 64), (0, 0, 8, 8))))
         )
     with pytest.raises(RequestError):
-        engine.generate(good.replace(width=70))
+        engine.generate(good.replace(width=40))
     with pytest.raises(RequestError):
         engine.generate(good.replace(models=ModelSpec(tiny_sd15, None, tiny_image_encoder)))
     with pytest.raises(RequestError, match="λ block"):
