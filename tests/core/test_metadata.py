@@ -48,7 +48,7 @@ def full_request() -> GenerationRequest:
         scheduler="euler-a",
         num_images=3,
         init=InitImage("init.png", strength=0.55),
-        mask=MaskSpec("mask.png"),
+        mask=MaskSpec("mask.png", only_masked=True, padding=48, blur=2),
         controls=(
             ControlSpec("pose.png", "controlnets/openpose", scale=0.8, start=0.1, end=0.9),
             ControlSpec("depth.png", "controlnets/depth", scale=0.5, start=0.2, end=0.5),
