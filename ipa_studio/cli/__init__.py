@@ -11,9 +11,9 @@ import sys
 from collections.abc import Sequence
 
 from ipa_studio import __version__
-from ipa_studio.cli import generate
+from ipa_studio.cli import generate, models
 
-COMMANDS = [generate]
+COMMANDS = [generate, models]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -75,6 +75,35 @@ class EngineStats:
     projection_calls: int = 0
     text_encoder_calls: int = 0
     components_loaded: list[str] = field(default_factory=list)
+    base_cache_hits: int = 0
+    """Base-model switches served from the kept previous model instead of reading files."""
+
+
+def base_model_bytes(base: BaseModel) -> int:
+    """Bytes of the weights and buffers of a base model's UNet, VAE and text encoder."""
+    total = 0
+    for module in (base.unet, base.vae, base.text_encoder):
+        for t in [*module.parameters(), *module.buffers()]:
+            total += t.numel() * t.element_size()
+    return total
+
+
+def _available_ram() -> int:
+    try:
+        import psutil
+
+        return int(psutil.virtual_memory().available)
+    except ImportError:  # psutil comes with accelerate; without it, keep nothing rather than guess
+        return 0
+
+
+def _disk_signature(path: Path) -> tuple:
+    """(size, mtime) of the model's files: a kept model whose files changed on disk is read again."""
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    try:
+        return tuple((str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files)
+    except OSError:
+        return ()
 
 
 def latents_to_preview(latents: torch.Tensor) -> Image.Image:
@@ -129,7 +158,11 @@ class Engine:
         dtype: torch.dtype | None = None,
         *,
         embed_cache_size: int = 64,
+        base_cache_bytes: int | None = None,
     ) -> None:
+        """``base_cache_bytes``: how much RAM the previous base model may keep using after a switch,
+        so switching back reads no file (None: half of the RAM available at the time of the switch;
+        0: never keep it)."""
         self.device = pick_device(device)
         self.dtype = dtype or default_dtype(self.device)
         self.stats = EngineStats()
@@ -139,6 +172,9 @@ class Engine:
         self._controlnets: dict[Path, Any] = {}
         self._features = _LRU(embed_cache_size)
         self._text = _LRU(16)
+        self.base_cache_bytes = base_cache_bytes
+        self._previous_base: tuple[BaseModel, tuple] | None = None
+        self._base_signature: tuple = ()
 
     # ------------------------------------------------------------------ loading
     @property
@@ -157,15 +193,16 @@ class Engine:
         spec = request.models
         base_path = Path(spec.base)
         if self._base is None or self._base.path != base_path:
-            new_base = load_base_model(base_path, self.device, self.dtype)
-            self.stats.components_loaded.append(f"base:{base_path}")
+            new_base, new_signature = self._take_base(base_path)
+            old_base, old_signature = self._base, self._base_signature
             old_adapter = self._adapter
             if old_adapter is not None:
                 # Keep the adapter across base-model switches: move it onto the new UNet.
                 old_adapter.installed.remove()
                 self._adapter = None
-            self._base = new_base
+            self._base, self._base_signature = new_base, new_signature
             self._text.clear()
+            self._keep_previous(old_base, old_signature)
             if old_adapter is not None:
                 self._install(old_adapter.installed.adapter, old_adapter.path)
 
@@ -196,6 +233,45 @@ class Engine:
             if cpath not in self._controlnets:
                 self._controlnets[cpath] = load_controlnet(cpath, self.device, self.dtype)
                 self.stats.components_loaded.append(f"controlnet:{cpath}")
+
+    # ------------------------------------------------------------------ base-model memory policy
+    # One previous base model is kept (an LRU of size 1), in CPU RAM, when it fits the budget:
+    # people switch between two models to compare them, and a switch back then costs a
+    # host-to-device copy instead of reading and converting ~2-4 GB of files. It is dropped before
+    # any other model is read, so the peak stays at two models, as without the cache.
+
+    def _take_base(self, path: Path) -> tuple[BaseModel, tuple]:
+        signature = _disk_signature(path)
+        kept, self._previous_base = self._previous_base, None
+        if kept is not None and kept[0].path == path and kept[1] == signature:
+            base = kept[0]
+            if self.device.type != "cpu":
+                for module in (base.unet, base.vae, base.text_encoder):
+                    module.to(self.device)
+            self.stats.base_cache_hits += 1
+            return base, signature
+        del kept  # free the kept model before reading a new one
+        base = load_base_model(path, self.device, self.dtype)
+        self.stats.components_loaded.append(f"base:{path}")
+        return base, signature
+
+    def _keep_previous(self, old: BaseModel | None, signature: tuple) -> None:
+        if old is None:
+            return
+        budget = self.base_cache_bytes
+        if budget is None:
+            budget = _available_ram() // 2
+        if base_model_bytes(old) > budget:
+            return  # dropped: switching back will read its files again
+        if self.device.type != "cpu":
+            for module in (old.unet, old.vae, old.text_encoder):
+                module.to("cpu")
+        self._previous_base = (old, signature)
+
+    @property
+    def cached_base_path(self) -> Path | None:
+        """The previous base model kept in memory for a quick switch back, if any."""
+        return self._previous_base[0].path if self._previous_base else None
 
     def _install(self, adapter: IPAdapter, path: Path) -> None:
         assert self._base is not None and self._encoder is not None

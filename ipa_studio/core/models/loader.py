@@ -1,11 +1,17 @@
 """Loading model components from disk, with errors that say which file is wrong and why.
 
-Everything is loaded with ``local_files_only``: the engine never reaches the network.
+Everything is loaded with ``local_files_only``: the engine never reaches the network. A single-file
+SD1.5 checkpoint (``.safetensors`` / ``.ckpt`` in the original layout) is read once through the safe
+loader, checked by ``detect`` before anything is built, converted with diffusers' own key conversion
+and assigned into models built from the SD1.5 configs and tokenizer bundled in ``resources/`` —
+no hub, no cache, no download.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -41,8 +47,16 @@ def _wrap(what: str, path: Path, exc: Exception) -> ModelFileError:
     return ModelFileError(f"The {what} in '{path}' could not be loaded: {detail}")
 
 
-def load_base_model(path: str | Path, device: torch.device, dtype: torch.dtype) -> BaseModel:
-    """Load an SD1.5 diffusers folder (unet/, vae/, text_encoder/, tokenizer/, scheduler/)."""
+def load_base_model(
+    path: str | Path, device: torch.device, dtype: torch.dtype, *, config: str | Path | None = None
+) -> BaseModel:
+    """Load an SD1.5 base model: a diffusers folder (unet/, vae/, text_encoder/, tokenizer/,
+    scheduler/) or a single-file checkpoint in the original layout (``.safetensors``, ``.ckpt``).
+
+    ``config`` (single files only): a diffusers-layout folder whose ``unet/``, ``vae/``,
+    ``text_encoder/`` (and optionally ``tokenizer/``, ``scheduler/``) configs describe the checkpoint,
+    instead of the bundled SD1.5 ones — for checkpoints with non-standard widths.
+    """
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
 
@@ -50,10 +64,7 @@ def load_base_model(path: str | Path, device: torch.device, dtype: torch.dtype) 
     if not path.exists():
         raise ModelFileError(f"The base model '{path}' does not exist.")
     if path.is_file():
-        raise ModelFileError(
-            f"'{path.name}' is a single-file checkpoint. This version of IPA Studio loads base models "
-            "as diffusers folders (with unet/, vae/, text_encoder/, tokenizer/, scheduler/ inside)."
-        )
+        return _load_single_file(path, device, dtype, Path(config) if config is not None else None)
     missing = [p for p in _BASE_PARTS if not (path / p).is_dir()]
     if missing:
         raise ModelFileError(
@@ -73,6 +84,18 @@ def load_base_model(path: str | Path, device: torch.device, dtype: torch.dtype) 
         scheduler_config = dict(DDIMScheduler.load_config(path, subfolder="scheduler", **opts))
     except (OSError, ValueError) as exc:
         raise _wrap("scheduler config", path, exc) from exc
+    return _finish(path, unet, vae, text_encoder, tokenizer, scheduler_config, device)
+
+
+def _finish(
+    path: Path,
+    unet: Any,
+    vae: Any,
+    text_encoder: Any,
+    tokenizer: Any,
+    scheduler_config: dict,
+    device: torch.device,
+) -> BaseModel:
     if unet.config.cross_attention_dim != text_encoder.config.hidden_size:
         raise ModelFileError(
             f"'{path}' mixes parts of different models: the UNet reads "
@@ -80,10 +103,124 @@ def load_base_model(path: str | Path, device: torch.device, dtype: torch.dtype) 
             f"{text_encoder.config.hidden_size}-wide ones."
         )
     for module in (unet, vae, text_encoder):
-        if device.type != "cpu":  # from_pretrained already put them on the CPU
+        if device.type != "cpu":  # the weights were loaded on the CPU
             module.to(device)
         module.eval().requires_grad_(False)
     return BaseModel(path, unet, vae, text_encoder, tokenizer, scheduler_config)
+
+
+# --------------------------------------------------------------------------- single-file checkpoints
+
+
+def bundled_resources() -> Path:
+    """The package's ``resources/`` folder on disk (configs, tokenizer, catalog)."""
+    return Path(str(resources.files("ipa_studio").joinpath("resources")))
+
+
+def _json(path: Path) -> dict:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def single_file_configs(config: Path | None = None) -> dict[str, Any]:
+    """unet / vae / text_encoder / scheduler config dicts and the tokenizer folder for a single file."""
+    sd15 = bundled_resources() / "sd15"
+    out: dict[str, Any] = {
+        "unet": _json(sd15 / "unet_config.json"),
+        "vae": _json(sd15 / "vae_config.json"),
+        "text_encoder": _json(sd15 / "text_encoder_config.json"),
+        "scheduler": _json(sd15 / "scheduler_config.json"),
+        "tokenizer": bundled_resources() / "tokenizer",
+    }
+    if config is not None:
+        for part in ("unet", "vae", "text_encoder"):
+            file = config / part / "config.json"
+            if not file.is_file():
+                raise ModelFileError(f"The config folder '{config}' has no {part}/config.json.")
+            out[part] = _json(file)
+        if (config / "scheduler" / "scheduler_config.json").is_file():
+            out["scheduler"] = _json(config / "scheduler" / "scheduler_config.json")
+        if (config / "tokenizer").is_dir():
+            out["tokenizer"] = config / "tokenizer"
+    return out
+
+
+def _assign(
+    module: torch.nn.Module, state: dict[str, torch.Tensor], what: str, name: str, dtype: torch.dtype
+):
+    # Contiguous: the layout conversion leaves views (VAE attention convs → linear) whose strides
+    # would send matmuls down other kernels, with results that differ in the last bits.
+    state = {k: (v.to(dtype) if v.is_floating_point() else v).contiguous() for k, v in state.items()}
+    try:
+        missing, unexpected = module.load_state_dict(state, strict=False, assign=True)
+    except RuntimeError as exc:
+        first = next((line.strip() for line in str(exc).splitlines() if "size mismatch" in line), str(exc))
+        raise ModelFileError(f"'{name}' does not have the shapes of an SD1.5 {what}: {first[:300]}") from exc
+    if missing:
+        raise ModelFileError(
+            f"'{name}' is incomplete: its {what} lacks {len(missing)} weights (for example '{missing[0]}')."
+        )
+    if unexpected:
+        raise ModelFileError(
+            f"'{name}' does not match the SD1.5 layout: its {what} has {len(unexpected)} weights SD1.5 "
+            f"does not (for example '{unexpected[0]}')."
+        )
+    return module
+
+
+def _check_single_file(found: Any, config: Path | None) -> Any:
+    # A config folder makes non-standard widths loadable; every other refusal stands.
+    nonstandard_ok = config is not None and found.architecture.startswith("SD1.x-shaped")
+    if found.kind != "base" or not (found.usable or nonstandard_ok):
+        reason = found.reason or f"it is a {found.architecture}, not a base model"
+        raise ModelFileError(f"'{found.path.name}' cannot be used as the base model: {reason}.")
+    return found
+
+
+def _load_single_file(path: Path, device: torch.device, dtype: torch.dtype, config: Path | None) -> BaseModel:
+    from accelerate import init_empty_weights
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    from ipa_studio.core.models.convert import from_single_file
+    from ipa_studio.core.models.detect import classify_shapes, detect, flatten_state
+    from ipa_studio.core.models.safe_load import load_weights
+
+    if path.suffix.lower() == ".safetensors":
+        # The header says what the file is: refuse an SDXL or a truncated file before reading GBs.
+        _check_single_file(detect(path), config)
+    # The one read of the file; everything below works on this dict.
+    state = flatten_state(load_weights(path))
+    fmt = "safetensors" if path.suffix.lower() == ".safetensors" else "pickle"
+    found = _check_single_file(
+        classify_shapes(path, {k: tuple(v.shape) for k, v in state.items()}, fmt), config
+    )
+
+    cfg = single_file_configs(config)
+    if config is None:
+        cfg["unet"]["in_channels"] = found.details["in_channels"]
+    try:
+        unet_sd, vae_sd, text_sd = from_single_file(state, cfg["unet"], cfg["vae"])
+    except (KeyError, IndexError, ValueError) as exc:
+        raise ModelFileError(
+            f"'{path.name}' has an SD1.x UNet whose blocks are not laid out as SD1.5's ({exc})."
+        ) from exc
+    del state
+    # Empty (meta) modules: the checkpoint's tensors are assigned, never copied into random weights.
+    with init_empty_weights(include_buffers=False):
+        unet = UNet2DConditionModel.from_config(cfg["unet"])
+        vae = AutoencoderKL.from_config(cfg["vae"])
+        text_encoder = CLIPTextModel(CLIPTextConfig(**cfg["text_encoder"]))
+    _assign(unet, unet_sd, "UNet", path.name, dtype)
+    _assign(vae, vae_sd, "VAE", path.name, dtype)
+    _assign(text_encoder, text_sd, "text encoder", path.name, dtype)
+    try:
+        tokenizer = CLIPTokenizer.from_pretrained(cfg["tokenizer"], local_files_only=True)
+    except (OSError, ValueError) as exc:
+        raise _wrap("bundled tokenizer", cfg["tokenizer"], exc) from exc
+    scheduler_config = {
+        k: v for k, v in cfg["scheduler"].items() if not k.startswith("_") or k == "_class_name"
+    }
+    return _finish(path, unet, vae, text_encoder, tokenizer, scheduler_config, device)
 
 
 def load_image_encoder(path: str | Path, device: torch.device, dtype: torch.dtype) -> tuple[Any, Any]:

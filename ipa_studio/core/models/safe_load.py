@@ -3,13 +3,21 @@
 ``.safetensors`` is plain data. ``.bin`` / ``.ckpt`` / ``.pt`` are pickles; they are read with
 PyTorch's weights-only unpickler, which only rebuilds tensors and plain containers. There is
 deliberately no fallback to a full unpickle: a file that needs one is refused.
+
+Ordinary SD ``.ckpt`` files were saved by PyTorch Lightning and name a few classes besides tensors
+(the ``ModelCheckpoint`` callback class as a dict key, numpy scalars for scores). Those names are
+allowed during our loads only, mapped to inert stand-ins (``_TrainingLeftover``) or to numpy's
+scalar constructors, never to the real classes, so nothing from the file's training code runs.
 """
 
 from __future__ import annotations
 
 import pickle
+import threading
 import zipfile
+from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors import SafetensorError
@@ -47,11 +55,63 @@ def describe_non_weights(head: bytes) -> str | None:
     return None
 
 
-def load_weights(path: str | Path) -> dict[str, torch.Tensor] | dict:
+class _TrainingLeftover:
+    """Inert stand-in for the training-framework objects ordinary checkpoints carry.
+
+    The unpickler may create it and hand it a state dict; it stores the state and has no behaviour.
+    """
+
+    def __setstate__(self, state: Any) -> None:
+        self.state = state
+
+    def __repr__(self) -> str:
+        return "<training leftover, ignored>"
+
+
+# Globals that PyTorch Lightning / CompVis-era checkpoints reference next to their weights.
+_LEFTOVER_NAMES = (
+    "pytorch_lightning.callbacks.model_checkpoint.ModelCheckpoint",
+    "pytorch_lightning.callbacks.early_stopping.EarlyStopping",
+    "pytorch_lightning.callbacks.lr_monitor.LearningRateMonitor",
+    "lightning.pytorch.callbacks.model_checkpoint.ModelCheckpoint",
+    "lightning.pytorch.callbacks.early_stopping.EarlyStopping",
+    "argparse.Namespace",
+)
+
+
+# torch keeps allowed globals in one process-wide set and the scoped context removes its entries on
+# exit, so two overlapping scoped loads (engine worker + preprocessing thread) could strip each
+# other's allowance mid-load; pickle loads take turns instead.
+_GLOBALS_LOCK = threading.Lock()
+
+
+@lru_cache(maxsize=1)
+def checkpoint_globals() -> tuple[Any, ...]:
+    """The extra (object, "module.name") pairs allowed while reading a pickle checkpoint."""
+    import numpy as np
+
+    pairs: list[Any] = [(_TrainingLeftover, name) for name in _LEFTOVER_NAMES]
+    try:
+        from numpy._core.multiarray import scalar
+    except ImportError:  # numpy 1.x
+        from numpy.core.multiarray import scalar  # type: ignore[no-redef]
+    # numpy scalars pickle as scalar(dtype, raw bytes): plain data, no code. numpy 1 and 2 name the
+    # function differently; files written by either must load.
+    pairs += [(scalar, "numpy.core.multiarray.scalar"), (scalar, "numpy._core.multiarray.scalar")]
+    pairs.append((np.dtype, "numpy.dtype"))
+    for name in dir(getattr(np, "dtypes", None)):
+        cls = getattr(np.dtypes, name)
+        if isinstance(cls, type) and issubclass(cls, np.dtype) and cls is not np.dtypes.ObjectDType:
+            pairs.append((cls, f"numpy.dtypes.{name}"))
+    return tuple(pairs)
+
+
+def load_weights(path: str | Path, *, mmap: bool = False) -> dict[str, torch.Tensor] | dict:
     """Load a checkpoint's (possibly nested) dict of tensors onto the CPU, safely.
 
     Raises ``ModelFileError`` naming what is wrong (missing, empty, web page, truncated …) and
     ``UnsafeFileError`` when a pickle holds anything but tensors and plain containers.
+    ``mmap``: map a zip-format pickle instead of reading it (cheap look at keys and shapes).
     """
     path = Path(path)
     head = _sniff(path)
@@ -72,19 +132,21 @@ def load_weights(path: str | Path) -> dict[str, torch.Tensor] | dict:
                 ) from exc
             raise ModelFileError(f"'{path.name}' is not a valid .safetensors file ({msg}).") from exc
     if suffix in PICKLE_SUFFIXES:
-        return _load_pickle(path, head)
+        return _load_pickle(path, head, mmap=mmap)
     raise ModelFileError(
         f"'{path.name}' has an unknown file type '{suffix}'. Use .safetensors (preferred), .bin or .ckpt."
     )
 
 
-def _load_pickle(path: Path, head: bytes) -> dict:
-    if head.startswith(b"PK") and not zipfile.is_zipfile(path):
+def _load_pickle(path: Path, head: bytes, *, mmap: bool = False) -> dict:
+    is_zip = head.startswith(b"PK")
+    if is_zip and not zipfile.is_zipfile(path):
         raise ModelFileError(
             f"'{path.name}' is truncated or damaged (its archive index is missing). Download it again."
         )
     try:
-        state = torch.load(str(path), map_location="cpu", weights_only=True)
+        with _GLOBALS_LOCK, torch.serialization.safe_globals(list(checkpoint_globals())):
+            state = torch.load(str(path), map_location="cpu", weights_only=True, mmap=mmap and is_zip)
     except pickle.UnpicklingError as exc:
         raise UnsafeFileError(
             f"'{path.name}' was refused as unsafe: it contains code or objects other than weights, "

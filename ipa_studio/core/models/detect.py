@@ -1,0 +1,500 @@
+"""What is this model file? Decided from key names and shapes, before anything is built.
+
+``detect(path)`` never raises for a bad file: it returns a ``Detection`` whose ``usable`` is False and
+whose ``reason`` says why in the user's words (truncated, a web page, SDXL, a LoRA …), so a model list
+can show every file with its verdict. ``.safetensors`` headers are parsed directly (the tensors are not
+read); pickles go through the safe loader, memory-mapped when they are zip files.
+
+Rules (DESIGN §4): ``model.diffusion_model.input_blocks.2.1.transformer_blocks.0.attn2.to_k.weight``
+last dim 768 = SD1.x, 1024 = SD2.x; SDXL has ``conditioner.embedders`` and 2048-wide cross-attention
+(at ``input_blocks.4.1``); ``input_blocks.0.0.weight`` in-channels 9 = inpainting. IP-Adapters: text
+width from ``to_k_ip`` (768 SD1.5, 2048 SDXL), image-feature width from the projection's input.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType, SimpleNamespace
+from typing import Any, Literal
+
+from ipa_studio.core.errors import ModelFileError
+from ipa_studio.core.models.safe_load import PICKLE_SUFFIXES, SAFETENSORS_SUFFIX, describe_non_weights
+
+DetectedKind = Literal[
+    "base", "adapter", "image_encoder", "controlnet", "lora", "vae", "embedding", "unknown", "invalid"
+]
+
+SD15_TEXT_WIDTH = 768
+_TEXT_WIDTH_FAMILY = {768: "SD1.x", 1024: "SD2.x", 2048: "SDXL"}
+# Width of the image feature an adapter reads → the encoder that makes it.
+EMBED_WIDTH_ENCODER = {1024: "ViT-H/14", 1280: "ViT-bigG/14", 768: "ViT-L/14"}
+HIDDEN_WIDTH_ENCODER = {1280: "ViT-H/14", 1664: "ViT-bigG/14", 1024: "ViT-L/14"}
+# Image tokens of the full-face adapter = the encoder's patch grid + CLS (224 px / patch 14).
+_GRID_TOKENS = {"ViT-H/14": 257, "ViT-bigG/14": 257, "ViT-L/14": 257}
+
+_SD15_ONLY = "IPA Studio runs SD1.5 models"
+
+
+@dataclass(frozen=True)
+class Detection:
+    """The verdict on one model file or folder."""
+
+    path: Path
+    kind: DetectedKind
+    architecture: str
+    """Short human label: "SD1.x", "SD1.x inpainting", "SDXL", "IP-Adapter plus for SD1.5", …"""
+    usable: bool
+    reason: str | None
+    """Why it cannot be used (None when usable)."""
+    format: str
+    """"safetensors", "pickle", "diffusers folder", "transformers folder" or "unknown"."""
+    size_bytes: int
+    details: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    """Kind-specific facts: in_channels, cross_attention_dim, variant, num_tokens, encoder_width,
+    encoder ("ViT-H/14"), uses_hidden_states, projection_dim, hidden_size, …"""
+
+    def summary(self) -> str:
+        verdict = "usable" if self.usable else f"not usable: {self.reason}"
+        return f"{self.architecture} ({self.kind}, {self.format}) — {verdict}"
+
+    def require_usable(self) -> Detection:
+        """Return self, or raise ``ModelFileError`` with the reason."""
+        if not self.usable:
+            raise ModelFileError(f"'{self.path.name}' cannot be used: {self.reason}")
+        return self
+
+
+def _size(path: Path) -> int:
+    if path.is_file():
+        return path.stat().st_size
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def _make(
+    path: Path, kind: DetectedKind, arch: str, reason: str | None, fmt: str, **details: Any
+) -> Detection:
+    return Detection(
+        path=path,
+        kind=kind,
+        architecture=arch,
+        usable=reason is None,
+        reason=reason,
+        format=fmt,
+        size_bytes=_size(path) if path.exists() else 0,
+        details=MappingProxyType(details),
+    )
+
+
+# ----------------------------------------------------------------------------- reading shapes
+
+
+def read_safetensors_header(
+    path: str | Path,
+) -> tuple[dict[str, tuple[str, tuple[int, ...]]], dict[str, str]]:
+    """({name: (dtype, shape)}, metadata) from a ``.safetensors`` header, without reading tensors.
+
+    Raises ``ModelFileError`` for a file that is not safetensors, has a damaged header, or is
+    truncated (shorter than its header says).
+    """
+    path = Path(path)
+    size = path.stat().st_size
+    with path.open("rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            raise ModelFileError(f"'{path.name}' is truncated: it is only {size} bytes long.")
+        (n,) = struct.unpack("<Q", head)
+        if n > min(size - 8, 100 << 20):
+            raise ModelFileError(
+                f"'{path.name}' is not a valid .safetensors file: its header claims {n} bytes "
+                f"but the file is {size} bytes (truncated, or not safetensors at all)."
+            )
+        raw = f.read(n)
+    try:
+        header = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise ModelFileError(
+            f"'{path.name}' is not a valid .safetensors file (its header is damaged)."
+        ) from None
+    if not isinstance(header, dict):
+        raise ModelFileError(f"'{path.name}' is not a valid .safetensors file (its header is not a table).")
+    metadata = header.pop("__metadata__", None) or {}
+    tensors: dict[str, tuple[str, tuple[int, ...]]] = {}
+    end = 0
+    for name, info in header.items():
+        try:
+            tensors[name] = (str(info["dtype"]), tuple(int(d) for d in info["shape"]))
+            end = max(end, int(info["data_offsets"][1]))
+        except (KeyError, TypeError, ValueError, IndexError):
+            raise ModelFileError(
+                f"'{path.name}' has a damaged .safetensors header (entry '{name}')."
+            ) from None
+    if 8 + n + end > size:
+        raise ModelFileError(
+            f"'{path.name}' is truncated: it is {size} bytes but its tensors need {8 + n + end}. "
+            "The download was probably interrupted; download it again."
+        )
+    return tensors, dict(metadata)
+
+
+def flatten_state(state: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested checkpoint dict → flat {"a.b.c": tensor}; an SD ``.ckpt``'s "state_dict" is unwrapped."""
+    if not prefix and isinstance(state.get("state_dict"), Mapping):
+        state = state["state_dict"]
+    out: dict[str, Any] = {}
+    for key, value in state.items():
+        if not isinstance(key, str):
+            continue
+        if isinstance(value, Mapping):
+            out |= flatten_state(value, f"{prefix}{key}.")
+        elif hasattr(value, "shape"):
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def shapes_of(path: str | Path) -> tuple[dict[str, tuple[int, ...]], str]:
+    """({key: shape}, format) of a weight file; raises ``ModelFileError`` / ``UnsafeFileError``."""
+    from ipa_studio.core.models.safe_load import _sniff, load_weights
+
+    path = Path(path)
+    impostor = describe_non_weights(_sniff(path))
+    if impostor:
+        raise ModelFileError(f"'{path.name}' cannot be used: {impostor}.")
+    suffix = path.suffix.lower()
+    if suffix == SAFETENSORS_SUFFIX:
+        tensors, _ = read_safetensors_header(path)
+        return {k: shape for k, (_, shape) in tensors.items()}, "safetensors"
+    if suffix in PICKLE_SUFFIXES:
+        state = load_weights(path, mmap=True)
+        return {k: tuple(v.shape) for k, v in flatten_state(state).items()}, "pickle"
+    raise ModelFileError(
+        f"'{path.name}' has an unknown file type '{suffix}'. Use .safetensors (preferred), .bin or .ckpt."
+    )
+
+
+# ----------------------------------------------------------------------------- classification
+
+
+def detect(path: str | Path) -> Detection:
+    """Classify a model file or folder. Never raises for a bad model; a missing path raises."""
+    path = Path(path)
+    if not path.exists():
+        raise ModelFileError(f"'{path}' does not exist.")
+    if path.is_dir():
+        return _with_controlnet_verdict(_detect_folder(path))
+    try:
+        shapes, fmt = shapes_of(path)
+    except ModelFileError as exc:
+        message = str(exc)
+        prefix = f"'{path.name}' cannot be used: "
+        reason = message[len(prefix) :] if message.startswith(prefix) else message
+        return _make(path, "invalid", "unreadable file", reason.rstrip("."), "unknown")
+    return _with_controlnet_verdict(classify_shapes(path, shapes, fmt))
+
+
+def _with_controlnet_verdict(found: Detection) -> Detection:
+    """ControlNets are judged by the ControlNet module (which formats the engine loads, which map
+    kind from the name); this module only recognises them."""
+    if found.kind != "controlnet":
+        return found
+    try:
+        from ipa_studio.core.preprocess.controlnets import detect_controlnet
+    except ImportError:  # the ControlNet support is not in this build: keep our own verdict
+        return found
+    info = detect_controlnet(found.path)
+    kind = f", {info.kind}" if info.kind != "unknown" else ""
+    return _make(
+        found.path,
+        "controlnet",
+        f"{info.base} ControlNet{kind}",
+        None if info.usable else info.reason.rstrip("."),
+        found.format,
+        cross_attention_dim=info.cross_attention_dim,
+        map_kind=info.kind,
+        base=info.base,
+    )
+
+
+def classify_shapes(path: Path, shapes: Mapping[str, tuple[int, ...]], fmt: str) -> Detection:
+    """Classify a flat {key: shape} table (what ``shapes_of`` returns)."""
+    keys = list(shapes)
+    if not keys:
+        return _make(path, "invalid", "empty checkpoint", "it holds no weights at all", fmt)
+    if any(k.startswith("image_proj.") for k in keys) and any(k.startswith("ip_adapter.") for k in keys):
+        return _classify_adapter(path, shapes, fmt)
+    if any(k.startswith("model.diffusion_model.") for k in keys) or any(
+        k.startswith("conditioner.embedders.") for k in keys
+    ):
+        return _classify_ldm(path, shapes, fmt)
+    if any(k.startswith("control_model.") or "input_hint_block" in k for k in keys) or (
+        "controlnet_cond_embedding.conv_in.weight" in shapes
+    ):
+        cross = _controlnet_cross(shapes)
+        family = _TEXT_WIDTH_FAMILY.get(cross or 0, "unknown base")
+        return _make(
+            path,
+            "controlnet",
+            f"{family} ControlNet",
+            "a single-file ControlNet; IPA Studio loads ControlNets as diffusers folders "
+            "(config.json + diffusion_pytorch_model.safetensors)",
+            fmt,
+            cross_attention_dim=cross,
+        )
+    if any(("lora_down" in k or "lora_up" in k or ".lora_A" in k or ".lora_B" in k) for k in keys) or any(
+        k.startswith(("lora_unet_", "lora_te_")) for k in keys
+    ):
+        return _make(path, "lora", "LoRA", "a LoRA; IPA Studio does not apply LoRAs (yet)", fmt)
+    if "vision_model.embeddings.patch_embedding.weight" in shapes:
+        hidden = shapes["vision_model.embeddings.patch_embedding.weight"][0]
+        proj = shapes.get("visual_projection.weight", (None,))[0]
+        name = HIDDEN_WIDTH_ENCODER.get(hidden, f"{hidden}-wide")
+        return _make(
+            path,
+            "image_encoder",
+            f"CLIP {name} image encoder",
+            "an image encoder must be a folder with its config.json (like h94/IP-Adapter's "
+            "models/image_encoder), not a lone weight file",
+            fmt,
+            hidden_size=hidden,
+            projection_dim=proj,
+        )
+    if any(k.startswith(("encoder.down.", "decoder.up.", "first_stage_model.")) for k in keys) or (
+        "encoder.down_blocks.0.resnets.0.conv1.weight" in shapes and "decoder.conv_in.weight" in shapes
+    ):
+        return _make(
+            path,
+            "vae",
+            "VAE",
+            "a VAE on its own; IPA Studio uses the VAE inside the base model",
+            fmt,
+        )
+    if "emb_params" in shapes or any(k.startswith("string_to_param") for k in keys) or "clip_l" in shapes:
+        return _make(
+            path,
+            "embedding",
+            "textual-inversion embedding",
+            "an embedding; IPA Studio does not load them",
+            fmt,
+        )
+    if "conv_in.weight" in shapes and "time_embedding.linear_1.weight" in shapes:
+        return _make(
+            path,
+            "base",
+            "UNet only (diffusers layout)",
+            "only a UNet; a base model needs the VAE and text encoder too (use the whole diffusers folder)",
+            fmt,
+        )
+    sample = ", ".join(keys[:3])
+    return _make(
+        path,
+        "unknown",
+        "not a diffusion model",
+        f"not a diffusion model: none of its {len(keys)} weights belong to Stable Diffusion, an "
+        f"IP-Adapter, an image encoder or a ControlNet (first keys: {sample})",
+        fmt,
+    )
+
+
+def _controlnet_cross(shapes: Mapping[str, tuple[int, ...]]) -> int | None:
+    for k, shape in shapes.items():
+        if k.endswith("attn2.to_k.weight"):
+            return shape[-1]
+    return None
+
+
+def _classify_ldm(path: Path, shapes: Mapping[str, tuple[int, ...]], fmt: str) -> Detection:
+    unet = "model.diffusion_model."
+    conv_in = shapes.get(unet + "input_blocks.0.0.weight")
+    in_ch = conv_in[1] if conv_in and len(conv_in) == 4 else None
+    k2 = shapes.get(unet + "input_blocks.2.1.transformer_blocks.0.attn2.to_k.weight")
+    k4 = shapes.get(unet + "input_blocks.4.1.transformer_blocks.0.attn2.to_k.weight")
+    cross = k2[-1] if k2 else (k4[-1] if k4 else None)
+    sdxl = (
+        any(k.startswith("conditioner.embedders.") for k in shapes)
+        or unet + "label_emb.0.0.weight" in shapes
+        or (k2 is None and k4 is not None and k4[-1] == 2048)
+    )
+    details: dict[str, Any] = {"in_channels": in_ch, "cross_attention_dim": cross}
+    inpaint = " inpainting" if in_ch == 9 else ""
+    if sdxl:
+        return _make(path, "base", f"SDXL{inpaint}", f"SDXL checkpoint: {_SD15_ONLY}", fmt, **details)
+    if unet + "input_blocks.10.0.skip_connection.bias" in shapes:
+        return _make(path, "base", "SD x4 upscaler", f"an SD upscaler: {_SD15_ONLY}", fmt, **details)
+    if cross == 1024 or any(k.startswith("cond_stage_model.model.") for k in shapes):
+        return _make(
+            path,
+            "base",
+            f"SD2.x{inpaint}",
+            f"SD2.x checkpoint: {_SD15_ONLY} (SD2 uses another text encoder and 1024-wide attention)",
+            fmt,
+            **details,
+        )
+    if cross is None or in_ch is None:
+        return _make(path, "base", "incomplete SD checkpoint", "its UNet is incomplete", fmt, **details)
+    if in_ch == 8:
+        arch = "SD1.x InstructPix2Pix"
+        return _make(path, "base", arch, "an InstructPix2Pix model (8 input channels) is not supported", fmt)
+    if in_ch not in (4, 9):
+        return _make(path, "base", "SD-like", f"its UNet takes {in_ch} input channels (expected 4 or 9)", fmt)
+    arch = f"SD1.x{inpaint}" if cross == SD15_TEXT_WIDTH else f"SD1.x-shaped{inpaint} ({cross}-wide text)"
+    missing = []
+    if not any(k.startswith("first_stage_model.") for k in shapes):
+        missing.append("VAE")
+    if not any(k.startswith("cond_stage_model.transformer.") for k in shapes):
+        missing.append("text encoder")
+    details["ema_only"] = not any(k.startswith("model_ema.") for k in shapes)
+    if missing:
+        reason = f"it has no {' and no '.join(missing)} weights (a UNet-only file); use a full checkpoint"
+        return _make(path, "base", arch, reason, fmt, **details)
+    if cross != SD15_TEXT_WIDTH:
+        # Loadable only with a matching config (tests' tiny models); the bundled configs are SD1.5's.
+        reason = f"its text features are {cross} wide, not SD1.5's 768: not a standard SD1.5 checkpoint"
+        return _make(path, "base", arch, reason, fmt, **details)
+    return _make(path, "base", arch, None, fmt, **details)
+
+
+def _classify_adapter(path: Path, shapes: Mapping[str, tuple[int, ...]], fmt: str) -> Detection:
+    from ipa_studio.core.adapter.checkpoint import _detect
+
+    image_proj = {
+        k[len("image_proj.") :]: SimpleNamespace(shape=s)
+        for k, s in shapes.items()
+        if k.startswith("image_proj.")
+    }
+    try:
+        variant, cross, width, tokens = _detect(image_proj, path.name)
+    except ModelFileError as exc:
+        text = str(exc).removeprefix(f"'{path.name}' ").removeprefix("is ").rstrip(".")
+        return _make(path, "adapter", "IP-Adapter (unsupported kind)", text, fmt)
+    layers = sorted(
+        int(k.split(".")[1]) for k in shapes if k.startswith("ip_adapter.") and k.endswith(".to_k_ip.weight")
+    )
+    ip_cross = {shapes[f"ip_adapter.{i}.to_k_ip.weight"][-1] for i in layers}
+    family = _TEXT_WIDTH_FAMILY.get(cross)
+    hidden = variant != "global"
+    encoder = (HIDDEN_WIDTH_ENCODER if hidden else EMBED_WIDTH_ENCODER).get(width)
+    if variant == "full":
+        tokens = _GRID_TOKENS.get(encoder or "")
+    names = {"global": "IP-Adapter", "plus": "IP-Adapter plus", "full": "IP-Adapter full-face"}
+    arch = f"{names[variant]} for {'SD1.5' if family == 'SD1.x' else family or f'{cross}-wide text'}"
+    details = dict(
+        variant=variant,
+        cross_attention_dim=cross,
+        encoder_width=width,
+        uses_hidden_states=hidden,
+        encoder=encoder,
+        num_tokens=tokens,
+        num_layers=len(layers),
+    )
+    if ip_cross and ip_cross != {cross}:
+        return _make(
+            path, "adapter", arch, "it is damaged: projection and attention widths differ", fmt, **details
+        )
+    if family == "SDXL" or family == "SD2.x":
+        return _make(path, "adapter", arch, f"an IP-Adapter for {family}: {_SD15_ONLY}", fmt, **details)
+    if family == "SD1.x" and len(layers) != 16:
+        reason = f"it has image attention for {len(layers)} layers; SD1.5 has 16"
+        return _make(path, "adapter", arch, reason, fmt, **details)
+    return _make(path, "adapter", arch, None, fmt, **details)
+
+
+# ----------------------------------------------------------------------------- folders
+
+_WEIGHT_NAMES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin", "model.safetensors")
+
+
+def _has_weights(folder: Path) -> bool:
+    return any((folder / n).is_file() for n in (*_WEIGHT_NAMES, "pytorch_model.bin")) or any(
+        folder.glob("*.safetensors.index.json")
+    )
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _detect_folder(path: Path) -> Detection:
+    unet_cfg = _read_json(path / "unet" / "config.json")
+    if unet_cfg is not None or (path / "model_index.json").is_file():
+        return _detect_diffusers_base(path, unet_cfg)
+    cfg = _read_json(path / "config.json")
+    if cfg is None:
+        return _make(
+            path,
+            "unknown",
+            "folder",
+            "not a model folder: no config.json, and no unet/ folder of a diffusers model",
+            "unknown",
+        )
+    if cfg.get("model_type") in ("clip_vision_model", "clip") or "CLIPVisionModelWithProjection" in cfg.get(
+        "architectures", ()
+    ):
+        vision = cfg.get("vision_config", cfg)
+        hidden, proj = vision.get("hidden_size"), cfg.get("projection_dim", vision.get("projection_dim"))
+        name = HIDDEN_WIDTH_ENCODER.get(hidden, f"{hidden}-wide")
+        reason = None if _has_weights(path) else "its weights file (model.safetensors) is missing"
+        return _make(
+            path,
+            "image_encoder",
+            f"CLIP {name} image encoder",
+            reason,
+            "transformers folder",
+            hidden_size=hidden,
+            projection_dim=proj,
+            encoder=HIDDEN_WIDTH_ENCODER.get(hidden),
+        )
+    if cfg.get("_class_name") == "ControlNetModel":
+        cross = cfg.get("cross_attention_dim")
+        family = _TEXT_WIDTH_FAMILY.get(cross, "SD1.x-shaped")
+        reason = None
+        if family in ("SD2.x", "SDXL"):
+            reason = f"a ControlNet for {family}: {_SD15_ONLY}"
+        elif not _has_weights(path):
+            reason = "its weights file (diffusion_pytorch_model.safetensors) is missing"
+        return _make(
+            path, "controlnet", f"{family} ControlNet", reason, "diffusers folder", cross_attention_dim=cross
+        )
+    kind = cfg.get("_class_name") or cfg.get("model_type") or "unknown"
+    return _make(
+        path, "unknown", f"{kind} folder", f"a {kind} folder, not a model IPA Studio uses", "unknown"
+    )
+
+
+def _detect_diffusers_base(path: Path, unet_cfg: dict | None) -> Detection:
+    missing = [
+        p for p in ("unet", "vae", "text_encoder", "tokenizer", "scheduler") if not (path / p).is_dir()
+    ]
+    missing += [
+        f"{p} weights"
+        for p in ("unet", "vae", "text_encoder")
+        if (path / p).is_dir() and not _has_weights(path / p)
+    ]
+    unet_cfg = unet_cfg or {}
+    cross = unet_cfg.get("cross_attention_dim")
+    in_ch = unet_cfg.get("in_channels")
+    details = {"in_channels": in_ch, "cross_attention_dim": cross}
+    inpaint = " inpainting" if in_ch == 9 else ""
+    if (
+        unet_cfg.get("addition_embed_type") == "text_time"
+        or cross == 2048
+        or (path / "text_encoder_2").is_dir()
+    ):
+        return _make(
+            path, "base", f"SDXL{inpaint}", f"SDXL model: {_SD15_ONLY}", "diffusers folder", **details
+        )
+    if cross == 1024:
+        return _make(
+            path, "base", f"SD2.x{inpaint}", f"SD2.x model: {_SD15_ONLY}", "diffusers folder", **details
+        )
+    arch = f"SD1.x{inpaint}" if cross == SD15_TEXT_WIDTH else f"SD1.x-shaped{inpaint} ({cross}-wide text)"
+    reason = f"it is incomplete: {', '.join(missing)} missing" if missing else None
+    if reason is None and in_ch not in (4, 9):
+        reason = f"its UNet takes {in_ch} input channels (expected 4 or 9)"
+    return _make(path, "base", arch, reason, "diffusers folder", **details)

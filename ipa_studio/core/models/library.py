@@ -1,0 +1,636 @@
+"""The user's model library: every base model, adapter, image encoder and ControlNet they have.
+
+A library is a models folder (``settings.default_models_dir()`` unless told otherwise) with an index
+``library.json`` in it, plus any other folders the user adds. Each entry records what ``detect`` found
+(kind, architecture, usable or the reason why not), its size, sha256 and where it came from (a local
+file or folder, a catalog download, a Hugging Face repo). Models we cannot run stay listed with their
+reason, so the picker can show them greyed out with an explanation instead of failing at generation.
+
+Qt-free and synchronous: the GUI calls it from its worker thread, with ``on_progress`` /
+``should_cancel`` for the long operations (hashing, downloading, converting).
+
+Files inside the models folder belong to the library (``remove`` deletes them); files elsewhere are
+only referenced (``remove`` forgets them and never deletes the user's files).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime as _dt
+import hashlib
+import json
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ipa_studio.core.errors import Cancelled, IPAStudioError, ModelFileError
+from ipa_studio.core.models import catalog as _catalog
+from ipa_studio.core.models.detect import Detection, detect
+from ipa_studio.core.models.safe_load import PICKLE_SUFFIXES, SAFETENSORS_SUFFIX
+
+INDEX_NAME = "library.json"
+INDEX_VERSION = 1
+MODEL_SUFFIXES = (SAFETENSORS_SUFFIX, *sorted(PICKLE_SUFFIXES))
+_HASH_CHUNK = 8 << 20
+_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+(/.+)?$")
+
+ProgressFn = Callable[[int, int], None]
+CancelFn = Callable[[], bool]
+
+
+class LibraryError(IPAStudioError):
+    """A library operation cannot be done (unknown name, name taken, nothing at a path …)."""
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where an entry came from."""
+
+    type: str
+    """"file" / "folder" (added from disk), "catalog", "hub" (a repo id) or "scan" (found in a folder)."""
+    ref: str
+    """The original path, catalog name or ``repo_id[/file]``."""
+    converted_from: str | None = None
+    """The pickle file this ``.safetensors`` was converted from, when it was."""
+
+
+@dataclass(frozen=True)
+class LibraryEntry:
+    """One model in the library, as the model picker shows it."""
+
+    name: str
+    path: Path
+    kind: str
+    """"base", "adapter", "image_encoder", "controlnet", or what else detection found
+    ("lora", "vae", "embedding", "unknown", "invalid")."""
+    architecture: str
+    usable: bool
+    reason: str | None
+    format: str
+    size_bytes: int
+    sha256: str | None
+    source: Source
+    added: str
+    """ISO 8601 time it entered the library."""
+    details: Mapping[str, Any] = field(default_factory=dict, hash=False)
+    owned: bool = False
+    """The file lives inside the library's models folder (``remove`` deletes it)."""
+
+    def to_json(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["path"] = str(self.path)
+        data["details"] = dict(self.details)
+        return data
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> LibraryEntry:
+        fields = {f.name for f in dataclasses.fields(cls)}
+        values = {k: v for k, v in data.items() if k in fields}
+        values["path"] = Path(values["path"])
+        values["source"] = Source(**data["source"])
+        values["details"] = dict(data.get("details") or {})
+        return cls(**values)
+
+
+@dataclass(frozen=True)
+class VerifyResult:
+    name: str
+    ok: bool
+    problems: tuple[str, ...]
+
+
+# ------------------------------------------------------------------------------------------- helpers
+
+
+def sha256_of(
+    path: Path, on_progress: ProgressFn | None = None, should_cancel: CancelFn | None = None
+) -> str:
+    """sha256 of a file, or of a folder (over its files' relative names and hashes, in name order)."""
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    total = sum(f.stat().st_size for f in files)
+    done = 0
+    outer = hashlib.sha256()
+    for f in files:
+        h = hashlib.sha256()
+        with f.open("rb") as fh:
+            while chunk := fh.read(_HASH_CHUNK):
+                if should_cancel is not None and should_cancel():
+                    raise Cancelled("Hashing cancelled.")
+                h.update(chunk)
+                done += len(chunk)
+                if on_progress is not None:
+                    on_progress(done, total)
+        if path.is_file():
+            return h.hexdigest()
+        outer.update(f"{f.relative_to(path).as_posix()}\0{h.hexdigest()}\n".encode())
+    return outer.hexdigest()
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _is_within(path: Path, folder: Path) -> bool:
+    try:
+        path.resolve().relative_to(folder.resolve())
+        return True
+    except ValueError:
+        return False
+
+
+def looks_like_model(path: Path) -> bool:
+    """Worth detecting while scanning a folder: a weight file, or a folder with a model config."""
+    if path.name.startswith(".") or path.name == INDEX_NAME:
+        return False
+    if path.is_file():
+        return path.suffix.lower() in MODEL_SUFFIXES
+    return (
+        (path / "model_index.json").is_file() or (path / "unet").is_dir() or (path / "config.json").is_file()
+    )
+
+
+def convert_to_safetensors(src: Path, dest: Path) -> Path:
+    """Write the weights of a pickle checkpoint as ``.safetensors`` (read safely; atomic write).
+
+    Only tensors are kept (training leftovers are dropped). An SD ``.ckpt``'s "state_dict" is
+    unwrapped; an adapter's nested ``image_proj`` / ``ip_adapter`` become the official flat prefixes.
+    """
+    from safetensors.torch import save_file
+
+    from ipa_studio.core.models.detect import flatten_state
+    from ipa_studio.core.models.safe_load import load_weights
+
+    state = flatten_state(load_weights(src))
+    if not state:
+        raise ModelFileError(f"'{src.name}' holds no weights to convert.")
+    # safetensors refuses tensors sharing memory; a private contiguous copy of each is always accepted.
+    seen: set[int] = set()
+    tensors = {}
+    for key, value in state.items():
+        ptr = value.untyped_storage().data_ptr() if value.numel() else -1
+        tensors[key] = value.clone().contiguous() if ptr in seen or not value.is_contiguous() else value
+        seen.add(ptr)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata={"converted_from": src.name, "format": "pt"})
+        os.replace(tmp, dest)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return dest
+
+
+# ------------------------------------------------------------------------------------------- library
+
+
+class ModelLibrary:
+    """The index of the user's models. Cheap to create; reads ``library.json`` on each call so a CLI
+    and the app can share one folder."""
+
+    def __init__(self, root: str | Path | None = None) -> None:
+        if root is None:
+            from ipa_studio.core.settings import default_models_dir
+
+            root = os.environ.get("IPA_STUDIO_MODELS") or default_models_dir()
+        self.root = Path(root).expanduser()
+
+    # ---------------------------------------------------------------- index I/O
+    @property
+    def index_path(self) -> Path:
+        return self.root / INDEX_NAME
+
+    def _read(self) -> dict[str, Any]:
+        try:
+            data = json.loads(self.index_path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return {"version": INDEX_VERSION, "folders": [], "hidden": [], "entries": []}
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise LibraryError(
+                f"The model library index '{self.index_path}' is damaged ({exc}). Move it away and run "
+                "'ipa-studio models list' to rebuild it from the files."
+            ) from exc
+        data.setdefault("folders", [])
+        data.setdefault("hidden", [])
+        data.setdefault("entries", [])
+        return data
+
+    def _write(self, data: dict[str, Any]) -> None:
+        data["version"] = INDEX_VERSION
+        _atomic_write_text(self.index_path, json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+    def _entries(self, data: Mapping[str, Any]) -> list[LibraryEntry]:
+        return [LibraryEntry.from_json(e) for e in data["entries"]]
+
+    # ---------------------------------------------------------------- queries
+    def entries(self, kind: str | None = None, *, usable_only: bool = False) -> list[LibraryEntry]:
+        """The library's entries (as indexed; call ``refresh`` to pick up files added by hand)."""
+        out = self._entries(self._read())
+        if kind is not None:
+            out = [e for e in out if e.kind == kind]
+        if usable_only:
+            out = [e for e in out if e.usable]
+        return sorted(out, key=lambda e: (e.kind, e.name.lower()))
+
+    def get(self, name: str) -> LibraryEntry:
+        for entry in self._entries(self._read()):
+            if entry.name == name:
+                return entry
+        known = ", ".join(e.name for e in self._entries(self._read())) or "none yet"
+        raise LibraryError(f"There is no model called '{name}' in the library (models: {known}).")
+
+    def find_path(self, path: str | Path) -> LibraryEntry | None:
+        path = Path(path).expanduser().resolve()
+        for entry in self._entries(self._read()):
+            if entry.path.resolve() == path:
+                return entry
+        return None
+
+    def folders(self) -> list[Path]:
+        """The models folder first, then the extra folders the user added."""
+        return [self.root, *(Path(f) for f in self._read()["folders"])]
+
+    @staticmethod
+    def inspect(path: str | Path) -> Detection:
+        """What a file or folder is, before adding it (no weights are read for ``.safetensors``)."""
+        return detect(Path(path).expanduser())
+
+    def image_encoder_for(self, adapter: LibraryEntry | str | Path) -> LibraryEntry:
+        """The usable image encoder whose feature width the adapter reads (ViT-H for SD1.5 adapters).
+
+        Raises ``LibraryError`` naming the encoder to get when none fits.
+        """
+        if isinstance(adapter, LibraryEntry):
+            details = adapter.details
+            label = adapter.name
+        else:
+            found = self.find_path(adapter)
+            details = found.details if found else detect(Path(adapter)).details
+            label = Path(adapter).name
+        width, hidden = details.get("encoder_width"), details.get("uses_hidden_states")
+        if width is None:
+            raise LibraryError(f"'{label}' is not an IP-Adapter, so it has no image encoder.")
+        key = "hidden_size" if hidden else "projection_dim"
+        fits = [e for e in self.entries("image_encoder", usable_only=True) if e.details.get(key) == width]
+        if not fits:
+            encoder = details.get("encoder")
+            need = f"the {encoder} image encoder" if encoder else "an image encoder"
+            hint = " ('image-encoder-vit-h-14' in the catalog)" if encoder == "ViT-H/14" else ""
+            raise LibraryError(
+                f"'{label}' needs {need}{hint}; the library has no usable image encoder whose "
+                f"{'hidden size' if hidden else 'embedding'} is {width} wide. Add it first."
+            )
+        # A catalog download first: it is the exact encoder the official adapters were trained with.
+        fits.sort(key=lambda e: (e.source.type != "catalog", e.name))
+        return fits[0]
+
+    # ---------------------------------------------------------------- changes
+    def _unique_name(self, wanted: str, taken: Iterable[str]) -> str:
+        taken = set(taken)
+        name, n = wanted, 2
+        while name in taken:
+            name, n = f"{wanted}-{n}", n + 1
+        return name
+
+    def _entry_for(
+        self,
+        path: Path,
+        source: Source,
+        name: str,
+        *,
+        hash_files: bool,
+        on_progress: ProgressFn | None = None,
+        should_cancel: CancelFn | None = None,
+        detection: Detection | None = None,
+    ) -> LibraryEntry:
+        found = detection or detect(path)
+        sha = sha256_of(path, on_progress, should_cancel) if hash_files and found.kind != "invalid" else None
+        return LibraryEntry(
+            name=name,
+            path=path.resolve(),
+            kind=found.kind,
+            architecture=found.architecture,
+            usable=found.usable,
+            reason=found.reason,
+            format=found.format,
+            size_bytes=found.size_bytes,
+            sha256=sha,
+            source=source,
+            added=_now(),
+            details={k: v for k, v in found.details.items()},
+            owned=_is_within(path, self.root),
+        )
+
+    def _store(self, entry: LibraryEntry) -> LibraryEntry:
+        data = self._read()
+        entries = [e for e in self._entries(data) if e.path.resolve() != entry.path.resolve()]
+        entry = dataclasses.replace(entry, name=self._unique_name(entry.name, (e.name for e in entries)))
+        data["entries"] = [e.to_json() for e in [*entries, entry]]
+        data["hidden"] = [h for h in data["hidden"] if Path(h) != entry.path]
+        self._write(data)
+        return entry
+
+    def add(
+        self,
+        source: str | Path,
+        *,
+        name: str | None = None,
+        copy: bool = False,
+        convert: bool = False,
+        hash_files: bool = True,
+        on_progress: ProgressFn | None = None,
+        should_cancel: CancelFn | None = None,
+        endpoint: str | None = None,
+    ) -> LibraryEntry:
+        """Add a file, a folder, a catalog name or a Hugging Face repo id; return the new entry.
+
+        Local files are referenced where they are unless ``copy`` (copied into the models folder).
+        ``convert``: a pickle (``.ckpt`` / ``.bin``) is written once as ``.safetensors`` into the
+        models folder and the entry points at that (the original is left alone). Catalog names and
+        repo ids (``owner/repo`` or ``owner/repo/path/in/repo.safetensors``) are downloaded into the
+        models folder. Models that cannot be used are still added, with the reason.
+        """
+        text = str(source)
+        local = Path(text).expanduser()
+        if local.exists():
+            return self._add_local(local, name, copy, convert, hash_files, on_progress, should_cancel)
+        if any(e.name == text for e in _catalog.CATALOG):
+            return self.download(_catalog.find(text), name, on_progress, should_cancel, endpoint)
+        if _REPO_ID.match(text) and not text.startswith((".", "/", "~")):
+            return self._add_repo(text, name, on_progress, should_cancel, endpoint)
+        raise LibraryError(
+            f"'{text}' is neither a file or folder on this computer, nor a catalog name, nor a Hugging "
+            "Face repo id (owner/name)."
+        )
+
+    def _add_local(
+        self,
+        path: Path,
+        name: str | None,
+        copy: bool,
+        convert: bool,
+        hash_files: bool,
+        on_progress: ProgressFn | None,
+        should_cancel: CancelFn | None,
+    ) -> LibraryEntry:
+        found = detect(path)
+        origin = Source("folder" if path.is_dir() else "file", str(path.resolve()))
+        target = path
+        if convert and path.is_file() and path.suffix.lower() in PICKLE_SUFFIXES:
+            if found.kind == "invalid":
+                raise ModelFileError(f"'{path.name}' cannot be converted: {found.reason}.")
+            target = self.root / (path.stem + SAFETENSORS_SUFFIX)
+            if target.exists():
+                raise LibraryError(f"'{target}' already exists; remove it first or add without converting.")
+            convert_to_safetensors(path, target)
+            origin = dataclasses.replace(origin, converted_from=str(path.resolve()))
+            found = None
+        elif copy and not _is_within(path, self.root):
+            target = self.root / path.name
+            if target.exists():
+                raise LibraryError(f"'{target}' already exists in the models folder.")
+            tmp = self.root / f".{path.name}.copying"
+            self.root.mkdir(parents=True, exist_ok=True)
+            if path.is_dir():
+                shutil.copytree(path, tmp)
+            else:
+                shutil.copy2(path, tmp)
+            os.replace(tmp, target)
+            found = None
+        entry = self._entry_for(
+            target,
+            origin,
+            name or (path.stem if path.is_file() else path.name),
+            hash_files=hash_files,
+            on_progress=on_progress,
+            should_cancel=should_cancel,
+            detection=found,
+        )
+        return self._store(entry)
+
+    def download(
+        self,
+        item: _catalog.CatalogEntry,
+        name: str | None = None,
+        on_progress: ProgressFn | None = None,
+        should_cancel: CancelFn | None = None,
+        endpoint: str | None = None,
+        *,
+        source: Source | None = None,
+    ) -> LibraryEntry:
+        """Download a catalog entry into the models folder (resumable) and add it."""
+        from ipa_studio.core.models.download import download_entry
+
+        path = download_entry(item, self.root, on_progress, should_cancel, endpoint)
+        src = source or Source("catalog", item.name)
+        # download_entry already checked every LFS file's sha256; hash the result for `verify`.
+        return self._store(self._entry_for(path, src, name or item.name, hash_files=True))
+
+    def _add_repo(
+        self,
+        ref: str,
+        name: str | None,
+        on_progress: ProgressFn | None,
+        should_cancel: CancelFn | None,
+        endpoint: str | None,
+    ) -> LibraryEntry:
+        from ipa_studio.core.models.download import list_repo_files
+
+        owner, repo, *rest = ref.split("/", 2)
+        repo_id = f"{owner}/{repo}"
+        files = {f.path: f for f in list_repo_files(repo_id, endpoint=endpoint)}
+        if rest:
+            wanted = rest[0]
+            chosen = [p for p in files if p == wanted or p.startswith(wanted.rstrip("/") + "/")]
+            if not chosen:
+                raise LibraryError(f"'{wanted}' is not in the repo '{repo_id}'.")
+        else:
+            chosen = _pick_repo_files(repo_id, files)
+        kind = "base" if "model_index.json" in chosen else "adapter"
+        label = name or (Path(chosen[0]).stem if len(chosen) == 1 else repo.replace("/", "-"))
+        item = _catalog.CatalogEntry(
+            name=label,
+            kind=kind,  # type: ignore[arg-type]
+            repo_id=repo_id,
+            files=tuple(sorted(chosen)),
+            size_bytes=sum(files[p].size for p in chosen),
+            description=f"{ref} from the Hugging Face hub",
+            sha256={p: files[p].sha256 for p in chosen if files[p].sha256} or None,
+            size_approximate=False,
+        )
+        return self.download(item, name, on_progress, should_cancel, endpoint, source=Source("hub", ref))
+
+    def remove(self, name: str, *, delete_files: bool | None = None) -> LibraryEntry:
+        """Take an entry out of the library. Its files are deleted only when the library owns them
+        (they are inside the models folder) — unless ``delete_files`` says otherwise; files elsewhere
+        are never deleted by default, and stay hidden from later scans."""
+        data = self._read()
+        entries = self._entries(data)
+        entry = next((e for e in entries if e.name == name), None)
+        if entry is None:
+            raise LibraryError(f"There is no model called '{name}' in the library.")
+        delete = entry.owned if delete_files is None else delete_files
+        data["entries"] = [e.to_json() for e in entries if e.name != name]
+        if not delete:
+            data["hidden"] = sorted({*data["hidden"], str(entry.path)})
+        self._write(data)
+        if delete and entry.path.exists():
+            if entry.path.is_dir():
+                shutil.rmtree(entry.path)
+            else:
+                entry.path.unlink()
+        return entry
+
+    def add_folder(self, folder: str | Path) -> list[LibraryEntry]:
+        """Also look for models in ``folder`` (kept in the index); returns what it found there."""
+        folder = Path(folder).expanduser().resolve()
+        if not folder.is_dir():
+            raise LibraryError(f"'{folder}' is not a folder.")
+        data = self._read()
+        if str(folder) not in data["folders"]:
+            data["folders"].append(str(folder))
+            self._write(data)
+        return [e for e in self.refresh(hash_new=False) if _is_within(e.path, folder)]
+
+    def remove_folder(self, folder: str | Path) -> None:
+        folder = Path(folder).expanduser().resolve()
+        data = self._read()
+        data["folders"] = [f for f in data["folders"] if Path(f) != folder]
+        data["entries"] = [
+            e.to_json()
+            for e in self._entries(data)
+            if not (e.source.type == "scan" and _is_within(e.path, folder))
+        ]
+        self._write(data)
+
+    def refresh(self, *, hash_new: bool = True, should_cancel: CancelFn | None = None) -> list[LibraryEntry]:
+        """Re-scan the folders: add models found there, drop scanned entries whose files are gone,
+        re-detect entries whose files changed. Returns all entries."""
+        data = self._read()
+        entries = {e.path.resolve(): e for e in self._entries(data)}
+        hidden = {Path(h).resolve() for h in data["hidden"]}
+        kept: dict[Path, LibraryEntry] = {}
+        for path, entry in entries.items():
+            if not path.exists():
+                if entry.source.type == "scan":
+                    continue  # the file went away; it was only ever found by scanning
+                entry = dataclasses.replace(
+                    entry, usable=False, reason="its file is missing", kind=entry.kind
+                )
+            elif path.is_file() and path.stat().st_size != entry.size_bytes:
+                found = detect(path)
+                entry = dataclasses.replace(
+                    entry,
+                    kind=found.kind,
+                    architecture=found.architecture,
+                    usable=found.usable,
+                    reason=found.reason,
+                    size_bytes=found.size_bytes,
+                    sha256=None,
+                    details=dict(found.details),
+                )
+            elif entry.reason == "its file is missing":
+                found = detect(path)
+                entry = dataclasses.replace(entry, usable=found.usable, reason=found.reason)
+            kept[path] = entry
+        for folder in [self.root, *(Path(f) for f in data["folders"])]:
+            if not folder.is_dir():
+                continue
+            for child in sorted(folder.iterdir()):
+                if should_cancel is not None and should_cancel():
+                    raise Cancelled("Scan cancelled.")
+                resolved = child.resolve()
+                if resolved in kept or resolved in hidden or not looks_like_model(child):
+                    continue
+                name = self._unique_name(
+                    child.stem if child.is_file() else child.name, (e.name for e in kept.values())
+                )
+                kept[resolved] = self._entry_for(
+                    child, Source("scan", str(resolved)), name, hash_files=hash_new
+                )
+        data["entries"] = [e.to_json() for e in kept.values()]
+        self._write(data)
+        return self.entries()
+
+    def verify(
+        self,
+        names: Iterable[str] | None = None,
+        *,
+        on_progress: ProgressFn | None = None,
+        should_cancel: CancelFn | None = None,
+    ) -> list[VerifyResult]:
+        """Check that each entry's files are still there, unchanged (size, sha256) and readable."""
+        entries = self.entries()
+        if names is not None:
+            wanted = set(names)
+            unknown = wanted - {e.name for e in entries}
+            if unknown:
+                raise LibraryError(f"No model called {', '.join(sorted(unknown))} in the library.")
+            entries = [e for e in entries if e.name in wanted]
+        results = []
+        data = self._read()
+        recorded = {e["name"]: e for e in data["entries"]}
+        for entry in entries:
+            problems: list[str] = []
+            if not entry.path.exists():
+                problems.append(f"its file is missing: {entry.path}")
+            else:
+                found = detect(entry.path)
+                if found.kind == "invalid":
+                    problems.append(found.reason or "it cannot be read")
+                if found.size_bytes != entry.size_bytes:
+                    problems.append(f"its size changed ({entry.size_bytes} → {found.size_bytes} bytes)")
+                if found.kind != "invalid":
+                    digest = sha256_of(entry.path, on_progress, should_cancel)
+                    if entry.sha256 is None:
+                        recorded[entry.name]["sha256"] = digest  # first verify records the hash
+                    elif digest != entry.sha256:
+                        problems.append("its contents changed (sha256 differs from when it was added)")
+            results.append(VerifyResult(entry.name, not problems, tuple(problems)))
+        with contextlib.suppress(LibraryError):
+            self._write(data)
+        return results
+
+
+def _pick_repo_files(repo_id: str, files: Mapping[str, Any]) -> list[str]:
+    """The files to fetch from a repo given without a file: a diffusers SD folder, or its one weight file."""
+    if "model_index.json" in files:
+        chosen = ["model_index.json"]
+        for part in ("unet", "vae", "text_encoder"):
+            options = [f"{part}/diffusion_pytorch_model.safetensors", f"{part}/model.safetensors"]
+            options += [f"{part}/diffusion_pytorch_model.bin", f"{part}/pytorch_model.bin"]
+            weights = next((o for o in options if o in files), None)
+            if weights is None:
+                raise LibraryError(f"'{repo_id}' has no {part} weights in a format IPA Studio reads.")
+            chosen += [f"{part}/config.json", weights]
+        chosen += [p for p in files if p.startswith(("tokenizer/", "scheduler/"))]
+        return chosen
+    weights = [p for p in files if p.endswith(SAFETENSORS_SUFFIX) and "/" not in p]
+    if len(weights) == 1:
+        return weights
+    names = ", ".join(sorted(p for p in files if p.endswith(MODEL_SUFFIXES))[:8]) or "none"
+    raise LibraryError(
+        f"'{repo_id}' is not a diffusers model folder and has no single weight file at its top; name the "
+        f"file, e.g. '{repo_id}/<file>.safetensors'. Weight files there: {names}."
+    )
