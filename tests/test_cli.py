@@ -138,3 +138,23 @@ def test_console_entry_point_help():
         check=True,
     )
     assert "--ref IMAGE[:WEIGHT]" in out.stdout and "--scheduler" in out.stdout
+
+
+def test_image_encoder_found_beside_adapter(tiny_sd15, tiny_adapters, tiny_image_encoder, files, monkeypatch):
+    import shutil
+
+    repo = files["dir"] / "h94" / "models"
+    shutil.copytree(tiny_image_encoder, repo / "image_encoder")
+    adapter = shutil.copy(tiny_adapters[("plus", "safetensors")], repo)
+    out = files["dir"] / "auto.png"
+    args = _base_args(tiny_sd15, tiny_adapters, tiny_image_encoder, files, out)
+    i = args.index("--image-encoder")
+    del args[i : i + 2]
+    args[args.index("--adapter") + 1] = str(adapter)
+    assert main(args) == 0
+    doc = json.loads(read_png_metadata(out)["ipa-studio"])
+    assert doc["request"]["models"]["image_encoder"] == str(repo / "image_encoder")
+
+    monkeypatch.setenv("IPA_STUDIO_MODELS", str(files["dir"] / "empty-library"))
+    shutil.rmtree(repo / "image_encoder")
+    assert main(args) == 2

@@ -59,9 +59,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     g = sub.add_parser("generate", help="generate images from reference images and/or a prompt")
     g.set_defaults(run=run)
     m = g.add_argument_group("models")
-    m.add_argument("--model", required=True, type=Path, help="SD1.5 base model (diffusers folder)")
+    m.add_argument(
+        "--model",
+        required=True,
+        type=Path,
+        help="SD1.5 base model: a diffusers folder or a single .safetensors / .ckpt file",
+    )
     m.add_argument("--adapter", type=Path, help="IP-Adapter checkpoint (.safetensors or .bin)")
-    m.add_argument("--image-encoder", type=Path, help="image encoder folder (CLIP ViT-H/14)")
+    m.add_argument(
+        "--image-encoder",
+        type=Path,
+        help="image encoder folder (CLIP ViT-H/14); default: the 'image_encoder' folder beside the "
+        "adapter (the official repository's layout), else the model library's matching encoder",
+    )
     p = g.add_argument_group("prompts")
     p.add_argument(
         "--ref",
@@ -128,11 +138,25 @@ def _controls(args: argparse.Namespace, parser: argparse.ArgumentParser) -> tupl
     return tuple(ControlSpec(c, n, s) for c, n, s in zip(args.control, args.controlnet, scales, strict=True))
 
 
+def find_image_encoder(adapter: Path) -> Path:
+    """The encoder an adapter needs when none was named: the official repository keeps it in an
+    ``image_encoder`` folder beside the adapter files; otherwise ask the model library."""
+    for folder in (adapter.parent / "image_encoder", adapter.parent.parent / "image_encoder"):
+        if (folder / "config.json").is_file():
+            return folder
+    from ipa_studio.core.models.library import ModelLibrary
+
+    return Path(ModelLibrary().image_encoder_for(adapter).path)
+
+
 def request_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> GenerationRequest:
     if args.mask is not None and args.init is None:
         parser.error("--mask needs --init (the image to inpaint)")
+    encoder = args.image_encoder
+    if encoder is None and args.adapter is not None:
+        encoder = find_image_encoder(args.adapter)
     return GenerationRequest(
-        models=ModelSpec(args.model, args.adapter, args.image_encoder),
+        models=ModelSpec(args.model, args.adapter, encoder),
         references=tuple(args.ref),
         prompt=args.prompt,
         negative_prompt=args.negative,
