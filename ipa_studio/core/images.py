@@ -29,6 +29,7 @@ from ipa_studio.core.request import ImageSource
 __all__ = [
     "DEFAULT_MAX_PIXELS",
     "content_hash",
+    "encoder_crop",
     "load_image",
     "load_mask",
     "read_png_metadata",
@@ -395,3 +396,21 @@ def content_hash(image: Image.Image) -> str:
             digest.update(bytes(palette))
     digest.update(image.tobytes())
     return digest.hexdigest()
+
+
+def encoder_crop(image: ImageSource, size: int = 224) -> Image.Image:
+    """The square the image encoder sees: short side scaled to ``size`` (bicubic), centre cut out.
+
+    The same geometry as the ``CLIPImageProcessor`` the engine uses (truncated long side, floor
+    centring), so the GUI can show people exactly which part of a reference counts; pixel values
+    agree to rounding. Anything outside the square has no effect on the result.
+    """
+    image = load_image(image)
+    width, height = image.size
+    if width <= height:
+        new_w, new_h = size, int(size * height / width)
+    else:
+        new_w, new_h = int(size * width / height), size
+    resized = image.resize((new_w, new_h), Image.Resampling.BICUBIC)
+    left, top = (new_w - size) // 2, (new_h - size) // 2
+    return resized.crop((left, top, left + size, top + size))

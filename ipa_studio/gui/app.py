@@ -1,54 +1,102 @@
-"""Application entry point for the desktop window.
+"""Application entry point: ``python main.py`` / ``ipa-studio-gui``.
 
-The real main window is still being built. Until it lands, this opens an honest placeholder that says
-so and points to the command line, which already works.
+``--self-test`` builds tiny random models in a temporary folder, runs one generation through the
+real window (offscreen unless a display platform was chosen) and exits 0 when a PNG with its
+settings was written: a check that an install works, without downloading anything.
 """
 
 from __future__ import annotations
 
+import argparse
+import logging
+import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
-PLACEHOLDER_TEXT = (
-    "<h2>IPA Studio</h2>"
-    "<p>The desktop window is under construction.</p>"
-    "<p>Image generation works today from the command line, for example:</p>"
-    "<pre>ipa-studio generate --model MODEL_FOLDER --adapter ip-adapter_sd15.safetensors \\\n"
-    "    --image-encoder IMAGE_ENCODER_FOLDER --ref cat.png:1.0 \\\n"
-    '    --prompt "a cat wearing a hat" --scale 0.6 --out out.png</pre>'
-    "<p>Run <code>ipa-studio --help</code> for all options; README.md explains where the model "
-    "files go.</p>"
-)
+log = logging.getLogger("ipa_studio.gui")
+
+
+def _parse(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
+    parser = argparse.ArgumentParser(prog="ipa-studio-gui", description="IPA Studio desktop app")
+    parser.add_argument(
+        "--self-test",
+        action="store_true",
+        help="run one generation with built-in tiny models in the real window (offscreen) and exit",
+    )
+    parser.add_argument("--settings", type=Path, default=None, help="settings file (default: per user)")
+    # Anything else (-platform, -style …) is for Qt.
+    return parser.parse_known_args(list(argv))
+
+
+def _setup_logging() -> Path | None:
+    """Log to stderr and to a file in the user's log folder (where error messages point)."""
+    handlers: list[logging.Handler] = [logging.StreamHandler()]
+    path: Path | None = None
+    try:
+        import platformdirs
+
+        from ipa_studio.core.settings import APP_NAME
+
+        folder = platformdirs.user_log_path(APP_NAME, appauthor=False)
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / "ipa-studio.log"
+        handlers.append(logging.FileHandler(path, encoding="utf-8"))
+    except OSError:
+        path = None  # a read-only home: log to stderr only
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", handlers=handlers
+    )
+    return path
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Open the IPA Studio window and run the Qt event loop; returns the exit code."""
-    args = list(sys.argv[1:] if argv is None else argv)
-    if "--self-test" in args:
-        # The self-test (load tiny models, generate, check) needs the engine and the real window.
-        print("IPA Studio: self-test not available yet", file=sys.stderr)
-        return 1
+    args, qt_args = _parse(sys.argv[1:] if argv is None else argv)
+    if args.self_test:
+        # Before QApplication exists: the self-test must run on machines with no display.
+        os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
-    # Qt is imported here, not at module level, so `--self-test` and `--help`-style paths stay fast
-    # and a missing system library is reported by Qt only when a window is really wanted.
-    from PySide6.QtCore import Qt
-    from PySide6.QtWidgets import QApplication, QLabel, QMainWindow
+    from PySide6.QtWidgets import QApplication
 
-    app = QApplication.instance() or QApplication([sys.argv[0] if sys.argv else "ipa-studio", *args])
-    app.setApplicationName("IPA Studio")
+    from ipa_studio.core.settings import APP_NAME
+    from ipa_studio.gui.style import apply_theme
 
-    window = QMainWindow()
-    window.setWindowTitle("IPA Studio")
-    label = QLabel(PLACEHOLDER_TEXT)
-    label.setTextFormat(Qt.TextFormat.RichText)
-    label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
-    label.setAlignment(Qt.AlignmentFlag.AlignCenter)
-    label.setWordWrap(True)
-    label.setMargin(24)
-    window.setCentralWidget(label)
-    window.resize(720, 420)
+    app = QApplication.instance() or QApplication([sys.argv[0] if sys.argv else "ipa-studio", *qt_args])
+    app.setApplicationName(APP_NAME)
+    app.setOrganizationName(APP_NAME)
+    apply_theme(app)
+
+    if args.self_test:
+        from ipa_studio.gui.selftest import run_self_test
+
+        return run_self_test()
+
+    _setup_logging()
+    from ipa_studio.core.settings import default_settings_path, load_settings
+    from ipa_studio.gui.main_window import MainWindow
+
+    settings_path = args.settings or default_settings_path()
+    window = MainWindow(load_settings(settings_path), settings_path)
+    _install_excepthook(window)
     window.show()
     return app.exec()
+
+
+def _install_excepthook(window: object) -> None:
+    """A bug in a slot must not kill the app or dump a traceback on the person: log it, say it."""
+    from ipa_studio.gui.errors import describe_error
+
+    def hook(kind: type[BaseException], exc: BaseException, tb: object) -> None:
+        if issubclass(kind, KeyboardInterrupt):
+            sys.__excepthook__(kind, exc, tb)  # type: ignore[arg-type]
+            return
+        try:  # describe_error logs the traceback of anything that is not an IPAStudioError
+            window.show_error(describe_error(exc, "working"))  # type: ignore[attr-defined]
+        except Exception:
+            pass
+
+    sys.excepthook = hook
 
 
 if __name__ == "__main__":

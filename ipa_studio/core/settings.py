@@ -1,0 +1,223 @@
+"""The app's own settings: model paths, folders, last used values and the window layout.
+
+Stored as one JSON file in the platform's config folder (``platformdirs``), with a version number.
+Two promises:
+
+* **Writing is atomic**: a temporary file in the same folder is flushed and moved over the old one
+  with ``os.replace``, so a crash or a full disk leaves the previous settings, never half a file.
+* **Reading never fails**: a missing, unreadable or damaged file, a value of the wrong type or an
+  unknown key falls back to the default for that value. Losing a remembered slider position is
+  better than an app that will not start.
+
+Qt-free: the GUI keeps Qt-specific blobs (window geometry) as base64 text here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+import os
+import secrets
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import platformdirs
+
+from ipa_studio.core.errors import IPAStudioError
+
+__all__ = [
+    "APP_NAME",
+    "SETTINGS_VERSION",
+    "LastValues",
+    "ModelPaths",
+    "Settings",
+    "WindowLayout",
+    "default_models_dir",
+    "default_outputs_dir",
+    "default_settings_path",
+    "load_settings",
+    "save_settings",
+]
+
+APP_NAME = "IPA Studio"
+SETTINGS_VERSION = 1
+"""Bump when a stored value changes meaning; a new field with a default needs no bump."""
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ModelPaths:
+    """The three files a generation needs. Empty text = not chosen yet."""
+
+    base: str = ""
+    adapter: str = ""
+    image_encoder: str = ""
+
+
+@dataclass
+class LastValues:
+    """What the panels showed when the app was last closed, so people continue where they stopped."""
+
+    prompt: str = ""
+    negative_prompt: str = ""
+    scale: float = 0.6
+    steps: int = 30
+    guidance: float = 7.5
+    seed: int = 0
+    seed_locked: bool = False
+    width: int = 512
+    height: int = 512
+    scheduler: str = "ddim"
+    num_images: int = 1
+
+
+@dataclass
+class WindowLayout:
+    """Opaque layout blobs from the GUI toolkit (base64), keyed by what they belong to."""
+
+    geometry: str = ""
+    state: str = ""
+    splitters: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class Settings:
+    version: int = SETTINGS_VERSION
+    models: ModelPaths = field(default_factory=ModelPaths)
+    models_dir: str = ""
+    """Where downloaded models go; empty = :func:`default_models_dir`."""
+    outputs_dir: str = ""
+    """Where generated images are saved; empty = :func:`default_outputs_dir`."""
+    device: str = "auto"
+    last: LastValues = field(default_factory=LastValues)
+    window: WindowLayout = field(default_factory=WindowLayout)
+
+    @property
+    def outputs_path(self) -> Path:
+        return Path(self.outputs_dir).expanduser() if self.outputs_dir else default_outputs_dir()
+
+    @property
+    def models_path(self) -> Path:
+        return Path(self.models_dir).expanduser() if self.models_dir else default_models_dir()
+
+
+def default_settings_path() -> Path:
+    return platformdirs.user_config_path(APP_NAME, appauthor=False) / "settings.json"
+
+
+def default_outputs_dir() -> Path:
+    # The pictures folder, because that is where people look for images they made.
+    return platformdirs.user_pictures_path() / APP_NAME
+
+
+def default_models_dir() -> Path:
+    return platformdirs.user_data_path(APP_NAME, appauthor=False) / "models"
+
+
+# --------------------------------------------------------------------------------------------------
+# Reading
+# --------------------------------------------------------------------------------------------------
+
+
+def load_settings(path: str | os.PathLike[str] | None = None) -> Settings:
+    """The settings stored at ``path`` (default: :func:`default_settings_path`), or defaults.
+
+    Never raises for a bad file: each value that is missing or of the wrong type gets its default,
+    and the problem is logged.
+    """
+    path = Path(path) if path is not None else default_settings_path()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return Settings()
+    except (OSError, UnicodeDecodeError) as exc:
+        log.warning("settings file %s could not be read (%s); using defaults", path, exc)
+        return Settings()
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        log.warning("settings file %s is damaged (%s); using defaults", path, exc)
+        return Settings()
+    if not isinstance(data, dict):
+        log.warning("settings file %s holds no settings object; using defaults", path)
+        return Settings()
+    settings = _from_dict(Settings, data)
+    # Whatever version wrote it, the object in memory now has this version's shape.
+    settings.version = SETTINGS_VERSION
+    return settings
+
+
+def _from_dict(cls: type, data: dict[str, Any]) -> Any:
+    """Build dataclass ``cls`` from ``data``, keeping only values whose type matches the default."""
+    kwargs: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        if f.name not in data:
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        value = _checked(default, data[f.name])
+        if value is _WRONG:
+            log.warning(
+                "setting %s.%s has the wrong type (%r); using the default", cls.__name__, f.name, data[f.name]
+            )
+        else:
+            kwargs[f.name] = value
+    return cls(**kwargs)
+
+
+_WRONG = object()
+
+
+def _checked(default: Any, value: Any) -> Any:
+    if dataclasses.is_dataclass(default):
+        return _from_dict(type(default), value) if isinstance(value, dict) else _WRONG
+    if isinstance(default, bool):
+        return value if isinstance(value, bool) else _WRONG
+    if isinstance(default, int):
+        return value if isinstance(value, int) and not isinstance(value, bool) else _WRONG
+    if isinstance(default, float):
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value == value
+        return float(value) if ok else _WRONG
+    if isinstance(default, str):
+        return value if isinstance(value, str) else _WRONG
+    if isinstance(default, dict):
+        ok = isinstance(value, dict) and all(isinstance(v, str) for v in value.values())
+        return dict(value) if ok else _WRONG
+    return _WRONG
+
+
+# --------------------------------------------------------------------------------------------------
+# Writing
+# --------------------------------------------------------------------------------------------------
+
+
+def save_settings(settings: Settings, path: str | os.PathLike[str] | None = None) -> Path:
+    """Write ``settings`` as JSON to ``path`` atomically; return the path.
+
+    Raises :class:`IPAStudioError` when the folder cannot be written; the old file is then intact.
+    """
+    path = Path(path) if path is not None else default_settings_path()
+    text = json.dumps(dataclasses.asdict(settings), indent=2, ensure_ascii=False, allow_nan=False) + "\n"
+    tmp: Path | None = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+        with open(tmp, "x", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        tmp = None
+    except OSError as exc:
+        raise IPAStudioError(
+            f"The settings could not be saved to {path}: {exc.strerror or exc}. "
+            "They will be lost when IPA Studio closes."
+        ) from exc
+    finally:
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+    return path

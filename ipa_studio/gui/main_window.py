@@ -1,0 +1,540 @@
+"""The studio window: panels on the left, the picture in the middle, history underneath.
+
+The window owns the view state, the engine worker and the panels, and is the only place where
+worker signals meet widgets. Nothing slow runs here: the worker thread generates and saves, the
+loader thread decodes pictures, the download thread talks to the network.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from PySide6.QtCore import QByteArray, Qt, QTimer, QUrl, Signal
+from PySide6.QtGui import QCloseEvent, QDesktopServices, QGuiApplication, QImage, QKeySequence, QShortcut
+from PySide6.QtWidgets import (
+    QFrame,
+    QHBoxLayout,
+    QLabel,
+    QMainWindow,
+    QPushButton,
+    QScrollArea,
+    QSplitter,
+    QTabWidget,
+    QToolButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+from ipa_studio.core.errors import IPAStudioError
+from ipa_studio.core.images import read_png_metadata
+from ipa_studio.core.metadata import request_from_metadata
+from ipa_studio.core.request import GenerationRequest, ModelSpec
+from ipa_studio.core.settings import Settings, save_settings
+from ipa_studio.gui.loader import ImageLoader
+from ipa_studio.gui.model_check import check_model
+from ipa_studio.gui.panels.balance import BalancePanel
+from ipa_studio.gui.panels.gallery import GalleryPanel
+from ipa_studio.gui.panels.generate import GeneratePanel
+from ipa_studio.gui.panels.prompt import PromptPanel
+from ipa_studio.gui.panels.references import ReferencesPanel
+from ipa_studio.gui.panels.settings import SettingsPanel
+from ipa_studio.gui.panels.setup import SetupPanel
+from ipa_studio.gui.state import ViewState
+from ipa_studio.gui.widgets.banner import Banner
+from ipa_studio.gui.widgets.image_view import ImageView
+from ipa_studio.gui.worker import EngineFactory, GenerationWorker, SavedImage, default_engine_factory
+
+log = logging.getLogger("ipa_studio.gui")
+
+CREATE_TAB, MODELS_TAB = 0, 1
+
+
+def _memory_text() -> str:
+    """Resident memory of this process: on CPU and Apple MPS (shared memory) that is the model's
+    footprint. GPU memory is in the device label."""
+    try:
+        import psutil  # optional: installed with most scientific stacks
+
+        rss = psutil.Process().memory_info().rss
+    except Exception:
+        try:
+            import os
+
+            with open("/proc/self/statm") as f:
+                rss = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        except Exception:
+            return ""
+    return f"Memory {rss / 2**30:.1f} GB"
+
+
+class MainWindow(QMainWindow):
+    """``settings_path=None`` keeps settings in memory only (self-test, screenshots)."""
+
+    models_ready = Signal(str)  # "" or the message of a failed preload
+    generation_ended = Signal(str)  # "finished" | "failed" | "cancelled", for tests and the self-test
+
+    def __init__(
+        self,
+        settings: Settings,
+        settings_path: Path | None = None,
+        engine_factory: EngineFactory | None = None,
+        *,
+        check_network: bool = True,
+    ) -> None:
+        super().__init__()
+        self.setWindowTitle("IPA Studio")
+        self.settings = settings
+        self.settings_path = settings_path
+        self.state = ViewState(settings.last, settings.models)
+        self.loader = ImageLoader(self)
+        self.worker = GenerationWorker(engine_factory or default_engine_factory(settings.device))
+        self._jobs: dict[int, GenerationRequest] = {}
+        self._running: int | None = None
+        self._live = False  # the large view follows the running job's preview
+        self._full_images: dict[str, QImage] = {}  # recent results, so viewing them does not re-read disk
+        self._closed = False
+        self._models_loading = False
+
+        self._build()
+        self._connect()
+        self._restore_layout()
+        self.worker.start()
+        self._preload()
+        self.gallery.load_history(self.outputs_dir)
+        if self.setup.missing():
+            self.tabs.setCurrentIndex(MODELS_TAB)
+            self.show_note("Some models are missing: the Models tab shows which, and how to get them.")
+        if check_network:
+            self.setup.check_network()
+        self._memory_timer = QTimer(self)
+        self._memory_timer.timeout.connect(self._update_memory)
+        self._memory_timer.start(2000)
+        self._update_memory()
+
+    # ------------------------------------------------------------------ building
+    @property
+    def outputs_dir(self) -> Path:
+        return self.settings.outputs_path
+
+    def _build(self) -> None:
+        self.tabs = QTabWidget()
+        self.tabs.setDocumentMode(True)
+        # Messages sit above the tabs, so one shown while switching tabs is still seen.
+        self.banner = Banner()
+        central = QWidget()
+        central_layout = QVBoxLayout(central)
+        central_layout.setContentsMargins(0, 0, 0, 0)
+        central_layout.setSpacing(0)
+        banner_box = QVBoxLayout()
+        banner_box.setContentsMargins(10, 8, 10, 0)
+        banner_box.addWidget(self.banner)
+        central_layout.addLayout(banner_box)
+        central_layout.addWidget(self.tabs, 1)
+        self.setCentralWidget(central)
+
+        # --- Create tab: controls | picture over history
+        self.references = ReferencesPanel(self.state, self.loader, lambda: self.outputs_dir / "references")
+        self.prompt = PromptPanel(self.state)
+        self.balance = BalancePanel(self.state)
+        self.settings_panel = SettingsPanel(self.state)
+        column = QWidget()
+        column.setObjectName("controlColumn")
+        col = QVBoxLayout(column)
+        col.setContentsMargins(10, 10, 10, 10)
+        col.setSpacing(10)
+        for panel in (self.references, self.prompt, self.balance, self.settings_panel):
+            col.addWidget(panel)
+        col.addStretch(1)
+        scroll = QScrollArea()
+        scroll.setWidgetResizable(True)
+        scroll.setFrameShape(QFrame.Shape.NoFrame)
+        scroll.setWidget(column)
+        scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        self.generate_panel = GeneratePanel()
+        left = QWidget()
+        left.setObjectName("leftPane")
+        left_layout = QVBoxLayout(left)
+        left_layout.setContentsMargins(0, 0, 0, 0)
+        left_layout.setSpacing(0)
+        left_layout.addWidget(scroll, 1)
+        left_layout.addWidget(self.generate_panel)
+        left.setMinimumWidth(380)
+
+        self.view = ImageView(
+            "Your pictures appear here.\n\nAdd a reference image on the left, then press Generate."
+        )
+        self.caption = QLabel()
+        self.caption.setObjectName("caption")
+        toolbar = self._view_toolbar()
+        self.gallery = GalleryPanel(self.loader)
+        history_title = QLabel("History")
+        history_title.setObjectName("sectionTitle")
+
+        right = QWidget()
+        right.setObjectName("rightPane")
+        right_layout = QVBoxLayout(right)
+        right_layout.setContentsMargins(10, 10, 10, 10)
+        right_layout.setSpacing(8)
+        right_layout.addLayout(toolbar)
+        right_layout.addWidget(self.view, 1)
+        right_layout.addWidget(history_title)
+        right_layout.addWidget(self.gallery)
+
+        self.splitter = QSplitter(Qt.Orientation.Horizontal)
+        self.splitter.addWidget(left)
+        self.splitter.addWidget(right)
+        self.splitter.setStretchFactor(0, 0)
+        self.splitter.setStretchFactor(1, 1)
+        self.splitter.setSizes([440, 960])
+        self.splitter.setChildrenCollapsible(False)
+        self.tabs.addTab(self.splitter, "Create")
+
+        # --- Models tab
+        self.setup = SetupPanel(self.state, self.settings.models_path, self.outputs_dir)
+        self.tabs.addTab(self.setup, "Models")
+        self._show_models_tab_state()
+
+        # --- status bar
+        self.device_label = QLabel("Starting the engine…")
+        self.device_label.setToolTip(
+            "Where pictures are computed: an NVIDIA GPU (CUDA), Apple MPS or the CPU"
+        )
+        self.memory_label = QLabel()
+        self.memory_label.setToolTip("Memory used by IPA Studio")
+        self.outputs_button = QPushButton()
+        self.outputs_button.setFlat(True)
+        self.outputs_button.setObjectName("statusLink")
+        self.outputs_button.setToolTip("Open the folder where pictures are saved")
+        self.outputs_button.clicked.connect(self.open_outputs_folder)
+        self.statusBar().addWidget(self.device_label)
+        self.statusBar().addWidget(self.memory_label)
+        self.statusBar().addPermanentWidget(self.outputs_button)
+        self._show_outputs_dir()
+
+    def _view_toolbar(self) -> QHBoxLayout:
+        bar = QHBoxLayout()
+        bar.setSpacing(4)
+
+        def tool(text: str, tip: str, slot: object) -> QToolButton:
+            button = QToolButton()
+            button.setText(text)
+            button.setToolTip(tip)
+            button.clicked.connect(slot)
+            bar.addWidget(button)
+            return button
+
+        tool("Fit", "Show the whole picture (double-click the picture to switch)", lambda: self.view.fit())
+        tool("1:1", "Show the picture at its real size", lambda: self.view.actual_size())
+        tool("−", "Zoom out (mouse wheel)", lambda: self.view.zoom_by(0.8))
+        tool("+", "Zoom in (mouse wheel)", lambda: self.view.zoom_by(1.25))
+        bar.addSpacing(12)
+        bar.addWidget(self.caption, 1)
+        self.reuse_button = tool(
+            "Reuse settings",
+            "Put this picture's prompt, references and settings (seed included) back into the panels",
+            lambda: self.reuse_settings(self.gallery.current_path()),
+        )
+        self.as_reference_button = tool(
+            "Use as reference",
+            "Add this picture to the reference images",
+            lambda: self.use_as_reference(self.gallery.current_path()),
+        )
+        self.copy_button = tool(
+            "Copy", "Copy this picture to the clipboard", lambda: self.copy_image(self.gallery.current_path())
+        )
+        tool("Open folder", "Open the folder where pictures are saved", self.open_outputs_folder)
+        self._image_actions = (self.reuse_button, self.as_reference_button, self.copy_button)
+        for b in self._image_actions:
+            b.setEnabled(False)
+        return bar
+
+    def _connect(self) -> None:
+        gp = self.generate_panel
+        gp.generate.clicked.connect(self.generate)
+        gp.cancel.clicked.connect(self.cancel)
+        for keys in ("Ctrl+Return", "Ctrl+Enter"):
+            QShortcut(QKeySequence(keys), self, self.generate)
+        QShortcut(QKeySequence(Qt.Key.Key_Escape), self, self.cancel)
+        # Ctrl+V in a text box pastes text (the box takes the key first); anywhere else, a reference.
+        QShortcut(QKeySequence.StandardKey.Paste, self, self.references.paste)
+
+        queued = Qt.ConnectionType.QueuedConnection
+        w = self.worker
+        w.engine_ready.connect(self._on_engine_ready, queued)
+        w.job_started.connect(self._on_started, queued)
+        w.job_progress.connect(self._on_progress, queued)
+        w.job_finished.connect(self._on_finished, queued)
+        w.job_failed.connect(self._on_failed, queued)
+        w.job_cancelled.connect(self._on_cancelled, queued)
+        w.models_loaded.connect(self._on_models_loaded, queued)
+
+        self.references.message.connect(self.show_error)
+        self.gallery.current_changed.connect(self._on_gallery_selection)
+        self.gallery.reuse_requested.connect(self.reuse_settings)
+        self.gallery.reference_requested.connect(self.use_as_reference)
+        self.gallery.copy_requested.connect(self.copy_image)
+        self.gallery.open_folder_requested.connect(self.open_outputs_folder)
+        self.gallery.itemDoubleClicked.connect(lambda _item: self.view.actual_size())
+
+        self.state.changed.connect(self._on_state_changed)
+        self.setup.outputs_changed.connect(self._on_outputs_changed)
+        self.setup.models_dir_changed.connect(self._on_models_dir_changed)
+
+    # ------------------------------------------------------------------ models
+    def _show_models_tab_state(self) -> None:
+        missing = len(self.setup.missing())
+        self.tabs.setTabText(MODELS_TAB, f"Models ⚠ {missing} missing" if missing else "Models")
+        self.tabs.setTabToolTip(MODELS_TAB, "Which model files IPA Studio uses, and where pictures are saved")
+
+    def _preload(self) -> None:
+        """Have the worker load the chosen models now rather than at the start of the first job."""
+        m = self.state.models
+        if not check_model("base", m.base).ok:
+            return
+        with_adapter = (
+            check_model("adapter", m.adapter).ok and check_model("image_encoder", m.image_encoder).ok
+        )
+        spec = ModelSpec(m.base, m.adapter, m.image_encoder) if with_adapter else ModelSpec(m.base)
+        self._models_loading = True
+        self.worker.preload(spec)
+
+    def _on_models_loaded(self, error: str) -> None:
+        self._models_loading = False
+        if error:
+            self.show_error(error)
+        self.models_ready.emit(error)
+
+    @property
+    def models_loading(self) -> bool:
+        return self._models_loading
+
+    def _on_state_changed(self, name: str) -> None:
+        if name == "models":
+            self.setup.refresh()
+            self._show_models_tab_state()
+            self.save_settings()
+            self._preload()
+
+    # ------------------------------------------------------------------ generating
+    def generate(self) -> int | None:
+        """Queue one job from the panels; returns its id, or None when the panels are incomplete."""
+        if self._closed:
+            return None
+        try:
+            request = self.state.next_request()
+        except IPAStudioError as exc:
+            self.show_error(str(exc))
+            missing = set(self.setup.missing())
+            if "base" in missing or (self.state.references and missing & {"adapter", "image_encoder"}):
+                self.tabs.setCurrentIndex(MODELS_TAB)  # the message points there; take people there
+            return None
+        self.banner.hide()
+        job_id = self.worker.submit(request, self.outputs_dir)
+        self._jobs[job_id] = request
+        self.generate_panel.cancel.setEnabled(True)
+        if self._running is None:
+            self.generate_panel.show_starting(len(self._jobs) - 1)
+        self.save_settings()
+        return job_id
+
+    def cancel(self) -> None:
+        if self._jobs:
+            self.worker.cancel()
+            self.generate_panel.status.setText("Cancelling…")
+
+    def _on_started(self, job_id: int) -> None:
+        self._running = job_id
+        self._live = True
+        self.gallery.blockSignals(True)
+        self.gallery.clearSelection()
+        self.gallery.setCurrentItem(None)
+        self.gallery.blockSignals(False)
+        self._set_image_actions(False)
+        self.generate_panel.show_starting(len(self._jobs) - 1)
+
+    def _on_progress(
+        self, job_id: int, step: int, total: int, elapsed: float, left: float, preview: QImage
+    ) -> None:
+        if job_id != self._running:
+            return
+        self.generate_panel.show_step(step, total, elapsed, left, len(self._jobs) - 1)
+        if self._live and not preview.isNull():
+            request = self._jobs[job_id]
+            self.view.set_image(preview, logical_size=(request.width, request.height))
+            self.caption.setText(f"Live preview · step {step} of {total}")
+
+    def _on_finished(self, job_id: int, saved: list[SavedImage]) -> None:
+        self._job_over(job_id)
+        for item in saved:
+            self._full_images[str(item.path)] = item.image
+        while len(self._full_images) > 16:
+            self._full_images.pop(next(iter(self._full_images)))
+        # Newest ends up first; select the first picture of the batch.
+        for item in reversed(saved):
+            self.gallery.add_saved(item, select=False)
+        if saved:
+            self._live = False
+            self.gallery.setCurrentRow(0)
+        seconds = saved[0].seconds if saved else 0.0
+        n = len(saved)
+        self._idle_text(f"Done in {seconds:.1f} s · {n} picture{'s' if n != 1 else ''} saved")
+        self.generation_ended.emit("finished")
+
+    def _on_failed(self, job_id: int, message: str) -> None:
+        self._job_over(job_id)
+        self.show_error(message)
+        self._idle_text("The last generation failed; see the message above.")
+        self.generation_ended.emit("failed")
+
+    def _on_cancelled(self, job_id: int) -> None:
+        self._job_over(job_id)
+        if self._live:
+            self.view.set_image(None)
+            self.caption.setText("")
+            self._live = False
+        self._idle_text("Cancelled. Nothing was saved.")
+        self.generation_ended.emit("cancelled")
+
+    def _job_over(self, job_id: int) -> None:
+        self._jobs.pop(job_id, None)
+        if self._running == job_id:
+            self._running = None
+
+    def _idle_text(self, text: str) -> None:
+        # The window counts jobs itself: what the worker knows arrives later, through signals.
+        if self._jobs:
+            self.generate_panel.show_starting(len(self._jobs) - 1)
+        else:
+            self.generate_panel.show_idle(text)
+
+    # ------------------------------------------------------------------ results
+    def _on_gallery_selection(self, path: Path | None) -> None:
+        self._set_image_actions(path is not None)
+        if path is None:
+            return
+        self._live = False
+        image = self._full_images.get(str(path))
+        if image is None:
+            image = QImage(str(path))
+        if image.isNull():
+            self.show_error(
+                f"The picture {path.name} could not be opened; it may have been moved or deleted."
+            )
+            return
+        self.view.set_image(image)
+        self.caption.setText(f"{path.name} · {image.width()} × {image.height()}")
+
+    def _set_image_actions(self, on: bool) -> None:
+        for b in self._image_actions:
+            b.setEnabled(on)
+
+    def reuse_settings(self, path: Path | None) -> bool:
+        if path is None:
+            return False
+        try:
+            request = request_from_metadata(read_png_metadata(path), missing="drop")
+        except IPAStudioError as exc:
+            self.show_error(f"The settings of {Path(path).name} could not be reused: {exc}")
+            return False
+        notes = self.state.apply_request(request)
+        self.tabs.setCurrentIndex(CREATE_TAB)
+        if notes:
+            self.show_note(" ".join(notes))
+        else:
+            self.show_note(
+                f"Settings of {Path(path).name} restored; the seed is kept, so Generate makes it again."
+            )
+        return True
+
+    def use_as_reference(self, path: Path | None) -> None:
+        if path is not None:
+            self.state.add_reference(path)
+
+    def copy_image(self, path: Path | None) -> None:
+        if path is None:
+            return
+        image = self._full_images.get(str(path)) or QImage(str(path))
+        if image.isNull():
+            self.show_error(f"The picture {Path(path).name} could not be opened to copy it.")
+            return
+        QGuiApplication.clipboard().setImage(image)
+        self.statusBar().showMessage("Picture copied to the clipboard.", 3000)
+
+    def open_outputs_folder(self) -> None:
+        try:
+            self.outputs_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            self.show_error(f"The folder {self.outputs_dir} could not be created: {exc.strerror or exc}.")
+            return
+        QDesktopServices.openUrl(QUrl.fromLocalFile(str(self.outputs_dir)))
+
+    # ------------------------------------------------------------------ messages and status
+    def show_error(self, text: str) -> None:
+        self.banner.show_message(text, "error")
+
+    def show_note(self, text: str) -> None:
+        self.banner.show_message(text, "note")
+
+    def _on_engine_ready(self, description: str) -> None:
+        self.device_label.setText(description)
+
+    def _update_memory(self) -> None:
+        self.memory_label.setText(_memory_text())
+
+    def _show_outputs_dir(self) -> None:
+        self.outputs_button.setText(f"Saving to {self.outputs_dir}")
+
+    def _on_outputs_changed(self, path: str) -> None:
+        self.settings.outputs_dir = path
+        self._show_outputs_dir()
+        self.gallery.load_history(self.outputs_dir)
+        self.save_settings()
+
+    def _on_models_dir_changed(self, path: str) -> None:
+        self.settings.models_dir = path
+        self.save_settings()
+
+    # ------------------------------------------------------------------ settings and closing
+    def _restore_layout(self) -> None:
+        layout = self.settings.window
+        if layout.geometry:
+            self.restoreGeometry(QByteArray.fromBase64(layout.geometry.encode()))
+        else:
+            self.resize(1400, 900)
+        if layout.state:
+            self.restoreState(QByteArray.fromBase64(layout.state.encode()))
+        if "main" in layout.splitters:
+            self.splitter.restoreState(QByteArray.fromBase64(layout.splitters["main"].encode()))
+
+    def _store_layout(self) -> None:
+        layout = self.settings.window
+        layout.geometry = bytes(self.saveGeometry().toBase64()).decode()
+        layout.state = bytes(self.saveState().toBase64()).decode()
+        layout.splitters["main"] = bytes(self.splitter.saveState().toBase64()).decode()
+
+    def save_settings(self) -> None:
+        self.settings.last = self.state.last_values()
+        self.settings.models = self.state.models
+        self._store_layout()
+        if self.settings_path is None:
+            return
+        try:
+            save_settings(self.settings, self.settings_path)
+        except IPAStudioError as exc:
+            self.show_error(str(exc))
+
+    def shutdown(self) -> None:
+        """Stop every thread this window started. Safe to call twice."""
+        if self._closed:
+            return
+        self._closed = True
+        self._memory_timer.stop()
+        self.save_settings()
+        self.worker.stop()
+        self.setup.shutdown()
+        self.loader.wait()
+
+    def closeEvent(self, event: QCloseEvent) -> None:  # noqa: N802 - Qt override
+        self.shutdown()
+        super().closeEvent(event)
