@@ -11,9 +11,9 @@ import sys
 from collections.abc import Sequence
 
 from ipa_studio import __version__
-from ipa_studio.cli import generate, models
+from ipa_studio.cli import evaluate, generate, models, train
 
-COMMANDS = [generate, models]
+COMMANDS = [generate, train, evaluate, models]
 
 
 def build_parser() -> argparse.ArgumentParser:

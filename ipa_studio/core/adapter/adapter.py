@@ -13,7 +13,7 @@ from torch import nn
 from ipa_studio.core.errors import RequestError
 
 from .attention import AdapterContext, DecoupledAttnProcessor
-from .checkpoint import RESAMPLER_DIM_HEAD, AdapterCheckpoint, check_fits, save_checkpoint
+from .checkpoint import RESAMPLER_DIM_HEAD, AdapterCheckpoint, check_fits, parse_checkpoint, save_checkpoint
 from .projection import GlobalProjection, MLPProjection, Resampler
 
 Scale = float | Mapping[str, float]
@@ -66,6 +66,57 @@ class IPAdapter(nn.Module):
                 linear = nn.Linear(weight.shape[1], weight.shape[0], bias=False)
                 linear.weight.data.copy_(weight)
                 store.append(linear)
+
+    @classmethod
+    def initialise(
+        cls,
+        unet: nn.Module,
+        variant: str = "global",
+        *,
+        encoder_projection_dim: int,
+        encoder_hidden_size: int,
+        num_tokens: int | None = None,
+        name: str = "new adapter",
+    ) -> IPAdapter:
+        """A fresh adapter for ``unet`` to train (paper §3.2): a newly initialised projection and, in
+        each cross-attention layer, W'k and W'v copied from that layer's Wk and Wv.
+
+        Copying Wk, Wv is the paper's choice "to speed up the convergence": at step 0 the image branch
+        attends with the same keys and values the text branch would make of the same tokens. The
+        projection is built as the official training scripts build it — global: Linear + LayerNorm
+        over ``image_embeds`` (4 tokens); plus: the Resampler over penultimate hidden states (16
+        queries, depth 4, 64-wide heads, width = the UNet's text width); full: the MLP over every grid
+        token — so the result saves to, and reloads from, the official layout unchanged.
+        """
+        cross = unet.config.cross_attention_dim
+        if variant == "global":
+            projection: nn.Module = GlobalProjection(encoder_projection_dim, cross, num_tokens or 4)
+        elif variant == "plus":
+            projection = Resampler(
+                dim=cross,
+                depth=4,
+                dim_head=RESAMPLER_DIM_HEAD,
+                heads=max(1, cross // RESAMPLER_DIM_HEAD),
+                num_queries=num_tokens or 16,
+                embedding_dim=encoder_hidden_size,
+                output_dim=cross,
+                ff_mult=4,
+            )
+        elif variant == "full":
+            if num_tokens is not None:
+                raise RequestError(
+                    "The full variant makes one token per image-encoder grid token; leave num_tokens unset."
+                )
+            projection = MLPProjection(encoder_hidden_size, cross)
+        else:
+            raise RequestError(f"Unknown adapter variant '{variant}'. Choose global, plus or full.")
+        ip_adapter = {}
+        for n, (_, attn) in enumerate(cross_attention_layers(unet)):
+            # float32 copies: the adapter trains in full precision even when the UNet is half.
+            ip_adapter[f"{2 * n + 1}.to_k_ip.weight"] = attn.to_k.weight.detach().float().clone()
+            ip_adapter[f"{2 * n + 1}.to_v_ip.weight"] = attn.to_v.weight.detach().float().clone()
+        state = {"image_proj": projection.state_dict(), "ip_adapter": ip_adapter}
+        return cls(parse_checkpoint(state, name))
 
     @property
     def uses_hidden_states(self) -> bool:

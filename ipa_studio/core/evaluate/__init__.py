@@ -1,0 +1,16 @@
+"""The paper's CLIP-I / CLIP-T evaluation (§4.2) of an adapter over (image prompt, caption) pairs."""
+
+from .metrics import CLIPSCORE_WEIGHT, ClipScorer, clip_i, clip_t, cosine
+from .run import CSV_COLUMNS, EvalConfig, EvalResult, evaluate
+
+__all__ = [
+    "CLIPSCORE_WEIGHT",
+    "CSV_COLUMNS",
+    "ClipScorer",
+    "EvalConfig",
+    "EvalResult",
+    "clip_i",
+    "clip_t",
+    "cosine",
+    "evaluate",
+]
