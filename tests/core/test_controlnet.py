@@ -14,14 +14,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from diffusers import ControlNetModel, DDIMScheduler, StableDiffusionControlNetPipeline
-from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
+from diffusers import ControlNetModel, StableDiffusionControlNetPipeline
 
 from ipa_studio.core import engine as engine_module
 from ipa_studio.core.adapter import DecoupledAttnProcessor
 from ipa_studio.core.engine import Engine, StepInfo
 from ipa_studio.core.models.tiny import build_controlnet_folder, make_reference_image
 from ipa_studio.core.request import ControlSpec, GenerationRequest, ModelSpec, Reference
+from tests.fixtures.reference import diffusers_pipeline
 
 TOL = 1e-4
 SEED = 99
@@ -78,20 +78,12 @@ def test_two_controls_match_diffusers_multicontrolnet(
     spec = ModelSpec(tiny_sd15, adapter, tiny_image_encoder)
     ours = engine.generate(_request(spec, ref, _two_controls(maps, tiny_controlnet, second_controlnet)))
 
-    encoder = CLIPVisionModelWithProjection.from_pretrained(tiny_image_encoder)
-    size = encoder.config.image_size
-    pipe = StableDiffusionControlNetPipeline.from_pretrained(
+    pipe = diffusers_pipeline(
+        StableDiffusionControlNetPipeline,
         tiny_sd15,
+        tiny_image_encoder,
+        adapter,
         controlnet=[ControlNetModel.from_pretrained(p) for p in (tiny_controlnet, second_controlnet)],
-        safety_checker=None,
-        requires_safety_checker=False,
-        image_encoder=encoder,
-        feature_extractor=CLIPImageProcessor(size=size, crop_size=size),
-    )
-    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
-    pipe.set_progress_bar_config(disable=True)
-    pipe.load_ip_adapter(
-        str(adapter.parent), subfolder="", weight_name=adapter.name, image_encoder_folder=None
     )
     pipe.set_ip_adapter_scale(0.7)
     with torch.no_grad():

@@ -11,13 +11,11 @@ import pytest
 import torch
 from diffusers import (
     ControlNetModel,
-    DDIMScheduler,
     StableDiffusionControlNetPipeline,
     StableDiffusionImg2ImgPipeline,
     StableDiffusionInpaintPipeline,
     StableDiffusionPipeline,
 )
-from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
 
 from ipa_studio.core.engine import Engine
 from ipa_studio.core.models.tiny import make_mask, make_reference_image
@@ -29,27 +27,12 @@ from ipa_studio.core.request import (
     ModelSpec,
     Reference,
 )
+from tests.fixtures.reference import diffusers_pipeline
 
 TOL = 1e-4
 STEPS = 4
 SEED = 1234
 MODES = ["txt2img", "img2img", "inpaint", "controlnet"]
-
-
-def _pipeline(cls, folder, encoder_folder, **extra):
-    encoder = CLIPVisionModelWithProjection.from_pretrained(encoder_folder)
-    size = encoder.config.image_size
-    pipe = cls.from_pretrained(
-        folder,
-        safety_checker=None,
-        requires_safety_checker=False,
-        image_encoder=encoder,
-        feature_extractor=CLIPImageProcessor(size=size, crop_size=size),
-        **extra,
-    )
-    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
 
 
 @pytest.fixture(scope="module")
@@ -76,26 +59,19 @@ def reference_pipes(tiny_sd15, tiny_sd15_inpaint, tiny_image_encoder, tiny_contr
     def get(mode: str, adapter_path):
         key = (mode, str(adapter_path))
         if key not in cache:
-            if mode == "txt2img":
-                pipe = _pipeline(StableDiffusionPipeline, tiny_sd15, tiny_image_encoder)
-            elif mode == "img2img":
-                pipe = _pipeline(StableDiffusionImg2ImgPipeline, tiny_sd15, tiny_image_encoder)
-            elif mode == "inpaint":
-                pipe = _pipeline(StableDiffusionInpaintPipeline, tiny_sd15_inpaint, tiny_image_encoder)
-            elif mode == "inpaint4":
-                pipe = _pipeline(StableDiffusionInpaintPipeline, tiny_sd15, tiny_image_encoder)
-            else:
-                controlnet = ControlNetModel.from_pretrained(tiny_controlnet)
-                pipe = _pipeline(
-                    StableDiffusionControlNetPipeline, tiny_sd15, tiny_image_encoder, controlnet=controlnet
-                )
-            if adapter_path is not None:
-                pipe.load_ip_adapter(
-                    str(adapter_path.parent),
-                    subfolder="",
-                    weight_name=adapter_path.name,
-                    image_encoder_folder=None,
-                )
+            cls, folder = {
+                "txt2img": (StableDiffusionPipeline, tiny_sd15),
+                "img2img": (StableDiffusionImg2ImgPipeline, tiny_sd15),
+                "inpaint": (StableDiffusionInpaintPipeline, tiny_sd15_inpaint),
+                "inpaint4": (StableDiffusionInpaintPipeline, tiny_sd15),
+                "controlnet": (StableDiffusionControlNetPipeline, tiny_sd15),
+            }[mode]
+            extra = (
+                {"controlnet": ControlNetModel.from_pretrained(tiny_controlnet)}
+                if mode == "controlnet"
+                else {}
+            )
+            pipe = diffusers_pipeline(cls, folder, tiny_image_encoder, adapter_path, **extra)
             cache[key] = pipe
         return cache[key]
 

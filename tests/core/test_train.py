@@ -13,8 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from diffusers import DDIMScheduler, StableDiffusionPipeline
-from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
+from diffusers import StableDiffusionPipeline
 
 from ipa_studio.core.adapter import IPAdapter, cross_attention_layers, read_checkpoint
 from ipa_studio.core.engine import Engine
@@ -31,6 +30,7 @@ from ipa_studio.core.train import (
     training_loss,
 )
 from ipa_studio.core.train.data import collate
+from tests.fixtures.reference import diffusers_pipeline
 
 ROOT = Path(__file__).resolve().parents[2]
 CPU = torch.device("cpu")
@@ -183,24 +183,6 @@ def test_outputs_of_a_run(trained):
     assert [p.name for p in (result.output / "checkpoints").iterdir()] == ["step-0000040"]
 
 
-def _diffusers_pipeline(folder: Path, encoder_folder: Path, adapter: Path) -> StableDiffusionPipeline:
-    encoder = CLIPVisionModelWithProjection.from_pretrained(encoder_folder)
-    size = encoder.config.image_size
-    pipe = StableDiffusionPipeline.from_pretrained(
-        folder,
-        safety_checker=None,
-        requires_safety_checker=False,
-        image_encoder=encoder,
-        feature_extractor=CLIPImageProcessor(size=size, crop_size=size),
-    )
-    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
-    pipe.set_progress_bar_config(disable=True)
-    pipe.load_ip_adapter(
-        str(adapter.parent), subfolder="", weight_name=adapter.name, image_encoder_folder=None
-    )
-    return pipe
-
-
 @pytest.mark.parametrize("fmt", ["safetensors", "bin"])
 def test_trained_adapter_gives_the_same_image_in_our_engine_and_in_diffusers(
     trained, fmt, tiny_sd15, tiny_image_encoder
@@ -223,7 +205,7 @@ def test_trained_adapter_gives_the_same_image_in_our_engine_and_in_diffusers(
         height=64,
     )
     ours = Engine(device="cpu", dtype=torch.float32).generate(request).latents
-    pipe = _diffusers_pipeline(tiny_sd15, tiny_image_encoder, path)
+    pipe = diffusers_pipeline(StableDiffusionPipeline, tiny_sd15, tiny_image_encoder, path)
     pipe.set_ip_adapter_scale(0.8)
     with torch.no_grad():
         theirs = pipe(
