@@ -1,13 +1,16 @@
 """Is each needed model file there and of the right shape? Quick checks on disk, no weights loaded.
 
-These run on the GUI thread when the setup view opens, so they only look at names and sizes. The
-engine still checks the contents when it loads them and says precisely what is wrong.
+These run on the GUI thread when the setup view opens, so they only look at names and sizes. What a
+file really is (an SDXL checkpoint, a LoRA saved under a model's name) takes the model library's
+detection, which reads the weights' headers on the library thread; when its verdict is known it is
+passed in as ``found`` and has the last word. The engine still checks the contents when it loads.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 KINDS = ("base", "adapter", "image_encoder")
 _BASE_PARTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
@@ -22,7 +25,32 @@ class Check:
     text: str
 
 
-def check_model(kind: str, path: str) -> Check:
+_KIND_NAMES = {
+    "base": "a base model",
+    "adapter": "an IP-Adapter",
+    "image_encoder": "an image encoder",
+    "controlnet": "a ControlNet",
+    "lora": "a LoRA",
+    "vae": "a VAE",
+    "embedding": "an embedding",
+}
+
+
+def check_model(kind: str, path: str, found: Any | None = None) -> Check:
+    """Is ``path`` usable as ``kind``? ``found``: the library's detection of it (``LibraryEntry`` or
+    ``Detection``), when known."""
+    quick = _quick_check(kind, path)
+    if not quick.ok or found is None:
+        return quick
+    if found.kind not in _KIND_NAMES or (found.kind == kind and not found.usable):
+        return Check(False, f"Cannot be used: {found.reason}")
+    if found.kind != kind:
+        what = f"{_KIND_NAMES[found.kind]} ({found.architecture})"
+        return Check(False, f"This is {what}, not {_KIND_NAMES[kind]}")
+    return Check(True, f"Ready · {found.architecture}")
+
+
+def _quick_check(kind: str, path: str) -> Check:
     if not path:
         return Check(False, "Not chosen yet")
     p = Path(path).expanduser()

@@ -13,6 +13,7 @@ from ipa_studio.core.models.catalog import CatalogEntry
 from ipa_studio.core.settings import ModelPaths, Settings, load_settings
 from ipa_studio.gui.main_window import CREATE_TAB, MODELS_TAB, MainWindow
 from ipa_studio.gui.model_check import check_model
+from tests.fixtures.checkpoints import adapter_shapes, sdxl_shapes, write_shapes_only
 from tests.fixtures.network import FakeHub, loopback_only, serve_fake_hub
 from tests.gui.conftest import tiny_settings
 
@@ -57,6 +58,29 @@ def test_pointing_at_files_on_disk(make_window, tmp_path: Path, tiny_models: Mod
     assert "All three models are ready" in setup.summary.text()
 
 
+def test_the_library_says_what_a_chosen_file_really_is(
+    make_window, qtbot, tmp_path: Path, tiny_models: ModelPaths
+) -> None:
+    """Any .safetensors passes the quick check; only the library's detection, which reads the header
+    on its own thread, tells an SDXL checkpoint or an adapter from an SD1.5 base model."""
+    window: MainWindow = make_window(tiny_settings(tmp_path, tiny_models), check_network=False)
+    setup, row = window.setup, window.setup.rows["base"]
+    sdxl = write_shapes_only(tmp_path / "downloads" / "sdxl.safetensors", sdxl_shapes())
+    setup.set_path("base", str(sdxl))
+    assert row.status.text() == "Ready (single-file checkpoint)"  # the quick check, at once
+    qtbot.waitUntil(lambda: "SDXL" in row.status.text(), timeout=30_000)
+    assert row.status.text() == "Cannot be used: SDXL checkpoint: IPA Studio runs SD1.5 models"
+    assert setup.missing() == ["base"] and window.tabs.tabText(MODELS_TAB) == "Models ⚠ 1 missing"
+
+    setup.set_path("base", tiny_models.adapter)
+    qtbot.waitUntil(lambda: "IP-Adapter" in row.status.text(), timeout=30_000)
+    assert row.status.text() == "This is an IP-Adapter (IP-Adapter for 32-wide text), not a base model"
+
+    setup.set_path("base", tiny_models.base)
+    qtbot.waitUntil(lambda: row.status.text() == "Ready · SD1.x-shaped (32-wide text)", timeout=30_000)
+    assert setup.missing() == [] and window.tabs.tabText(MODELS_TAB) == "Models"
+
+
 @pytest.mark.parametrize(
     "kind, make, expected",
     [
@@ -83,7 +107,10 @@ def test_download_with_progress_cancel_and_resume(
 
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.setattr(download, "CHUNK", 64 * 1024)
-    payload = bytes(range(256)) * 4096 * 3  # 3 MiB: ~48 chunks
+    # A real (small) adapter header, so the library's verdict on the download can be checked too;
+    # zeros up to 3 MiB: ~48 chunks.
+    header = write_shapes_only(tmp_path / "header.safetensors", adapter_shapes("global", cross=8, embed=16))
+    payload = header.read_bytes().ljust(3 * 1024 * 1024, b"\0")
     hub = FakeHub(repos={"someone/tiny-adapter": {"models/ip-adapter_tiny.safetensors": payload}})
     entry = CatalogEntry(
         name="ip-adapter_tiny",
@@ -136,7 +163,10 @@ def test_download_with_progress_cancel_and_resume(
     assert target.read_bytes() == payload
     assert hub.ranges("models/ip-adapter_tiny.safetensors")[-1] == f"bytes={kept}-"  # resumed
     assert window.state.models.adapter == str(target)
-    assert row.status.text() == "Ready"
+    assert row.status.text().startswith("Ready")
+    # Then the library has read the file's header and the row says what it is.
+    qtbot.waitUntil(lambda: row.status.text() == "Ready · IP-Adapter for 8-wide text", timeout=30_000)
+    assert window.setup.snapshot.find(target).name == "ip-adapter_tiny"
 
 
 def test_settings_are_saved_atomically_and_restored(make_window, qtbot, tmp_path: Path, tiny_models) -> None:

@@ -3,6 +3,10 @@
 The app opens and stays usable without any model: this view says plainly what is missing, lets
 people point at files they already have, and (when the network is there) downloads the defaults from
 the Hugging Face hub with a progress bar that can be cancelled and resumed later.
+
+Each row first shows a quick check on disk (instant), then the model library's verdict once its
+thread has read the file's headers: only that can tell an SDXL checkpoint or a LoRA from an SD1.5
+model, since they all end in ``.safetensors``.
 """
 
 from __future__ import annotations
@@ -33,7 +37,8 @@ from PySide6.QtWidgets import (
 
 from ipa_studio.core.errors import Cancelled
 from ipa_studio.gui.errors import describe_error
-from ipa_studio.gui.model_check import KINDS, check_model
+from ipa_studio.gui.library import LibrarySnapshot, LibraryWorker
+from ipa_studio.gui.model_check import KINDS, Check, check_model
 from ipa_studio.gui.state import ViewState
 
 KIND_TEXT = {
@@ -273,6 +278,7 @@ class SetupPanel(QScrollArea):
 
     outputs_changed = Signal(str)
     models_dir_changed = Signal(str)
+    checked = Signal()  # the rows were checked again: what is missing may have changed
 
     def __init__(
         self,
@@ -281,12 +287,16 @@ class SetupPanel(QScrollArea):
         outputs_dir: Path,
         entries: dict[str, Any] | None = None,
         parent: QWidget | None = None,
+        library: LibraryWorker | None = None,
     ) -> None:
         super().__init__(parent)
         self.state = state
         self.models_dir = models_dir
         self.outputs_dir = outputs_dir
         self.entries = default_entries() if entries is None else entries
+        self.snapshot: LibrarySnapshot | None = None
+        if library is not None:
+            library.scanned.connect(self.set_library)
         self.online: bool | None = None
         self.downloads = DownloadWorker(self)
         self.downloads.network_checked.connect(self._on_network)
@@ -398,16 +408,26 @@ class SetupPanel(QScrollArea):
         m = self.state.models
         return {"base": m.base, "adapter": m.adapter, "image_encoder": m.image_encoder}
 
+    def check(self, kind: str) -> Check:
+        path = self.paths()[kind]
+        found = self.snapshot.find(path) if self.snapshot is not None and path else None
+        return check_model(kind, path, found)
+
     def missing(self) -> list[str]:
-        return [k for k, p in self.paths().items() if not check_model(k, p).ok]
+        return [k for k in KINDS if not self.check(k).ok]
 
     def set_path(self, kind: str, path: str) -> None:
         self.state.set_models(replace(self.state.models, **{kind: path}))  # the window listens
         self.refresh()
 
+    def set_library(self, snapshot: LibrarySnapshot) -> None:
+        """The library's latest scan: its detections replace the quick checks of the rows."""
+        self.snapshot = snapshot
+        self.refresh()
+
     def refresh(self) -> None:
         for kind, path in self.paths().items():
-            check = check_model(kind, path)
+            check = self.check(kind)
             self.rows[kind].show_check(path, check.ok, check.text)
         missing = self.missing()
         if not missing:
@@ -422,6 +442,7 @@ class SetupPanel(QScrollArea):
         self.models_dir_label.setText(str(self.models_dir))
         self.outputs_label.setText(str(self.outputs_dir))
         self._update_download_all()
+        self.checked.emit()
 
     def _update_download_all(self) -> None:
         todo = [k for k in self.missing() if k in self.entries and k not in self._downloading]
