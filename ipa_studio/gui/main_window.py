@@ -31,11 +31,16 @@ from ipa_studio.core.images import read_png_metadata
 from ipa_studio.core.metadata import request_from_metadata
 from ipa_studio.core.request import GenerationRequest, ModelSpec
 from ipa_studio.core.settings import Settings, save_settings
+from ipa_studio.gui.canvas.editor import CanvasEditor
+from ipa_studio.gui.library import LibraryWorker, library_root
 from ipa_studio.gui.loader import ImageLoader
 from ipa_studio.gui.model_check import check_model
 from ipa_studio.gui.panels.balance import BalancePanel
+from ipa_studio.gui.panels.control import ControlPanel
 from ipa_studio.gui.panels.gallery import GalleryPanel
 from ipa_studio.gui.panels.generate import GeneratePanel
+from ipa_studio.gui.panels.init_image import InitImagePanel
+from ipa_studio.gui.panels.models import ModelPicker
 from ipa_studio.gui.panels.prompt import PromptPanel
 from ipa_studio.gui.panels.references import ReferencesPanel
 from ipa_studio.gui.panels.settings import SettingsPanel
@@ -87,6 +92,7 @@ class MainWindow(QMainWindow):
         self.settings = settings
         self.settings_path = settings_path
         self.state = ViewState(settings.last, settings.models)
+        self.library = LibraryWorker(library_root(settings.models_path), self)  # starts with its first scan
         self.loader = ImageLoader(self)
         self.worker = GenerationWorker(engine_factory or default_engine_factory(settings.device))
         self._jobs: dict[int, GenerationRequest] = {}
@@ -138,13 +144,24 @@ class MainWindow(QMainWindow):
         self.prompt = PromptPanel(self.state)
         self.balance = BalancePanel(self.state)
         self.settings_panel = SettingsPanel(self.state)
+        self.init_panel = InitImagePanel(self.state, lambda: self.outputs_dir / "references")
+        self.control = ControlPanel(
+            self.state,
+            maps_dir=lambda: self.outputs_dir / "controls",
+            models_dir=lambda: self.settings.models_path,
+            weights_dir=lambda: self.settings.models_path / "annotators",
+            device=self.settings.device,
+        )
         column = QWidget()
         column.setObjectName("controlColumn")
         col = QVBoxLayout(column)
         col.setContentsMargins(10, 10, 10, 10)
         col.setSpacing(10)
-        for panel in (self.references, self.prompt, self.balance, self.settings_panel):
+        self.picker = ModelPicker(self.state, self.library)
+        col.addWidget(self.picker)
+        for panel in (self.references, self.prompt, self.balance, self.control, self.settings_panel):
             col.addWidget(panel)
+        col.insertWidget(col.indexOf(self.references), self.init_panel)  # the mode comes first
         col.addStretch(1)
         scroll = QScrollArea()
         scroll.setWidgetResizable(True)
@@ -176,8 +193,20 @@ class MainWindow(QMainWindow):
         right_layout = QVBoxLayout(right)
         right_layout.setContentsMargins(10, 10, 10, 10)
         right_layout.setSpacing(8)
-        right_layout.addLayout(toolbar)
-        right_layout.addWidget(self.view, 1)
+        # Result and Canvas share the large area; the history stays visible under both.
+        self.result_page = QWidget()
+        result_layout = QVBoxLayout(self.result_page)
+        result_layout.setContentsMargins(0, 6, 0, 0)
+        result_layout.setSpacing(8)
+        result_layout.addLayout(toolbar)
+        result_layout.addWidget(self.view, 1)
+        self.canvas = CanvasEditor(self.state, self.loader, lambda: self.outputs_dir / "references")
+        self.view_tabs = QTabWidget()
+        self.view_tabs.setDocumentMode(True)
+        self.view_tabs.addTab(self.result_page, "Result")
+        self.view_tabs.addTab(self.canvas, "Canvas")
+        self.view_tabs.setTabToolTip(1, "The start picture for img2img and inpainting, and its mask")
+        right_layout.addWidget(self.view_tabs, 1)
         right_layout.addWidget(history_title)
         right_layout.addWidget(self.gallery)
 
@@ -191,7 +220,7 @@ class MainWindow(QMainWindow):
         self.tabs.addTab(self.splitter, "Create")
 
         # --- Models tab
-        self.setup = SetupPanel(self.state, self.settings.models_path, self.outputs_dir)
+        self.setup = SetupPanel(self.state, self.settings.models_path, self.outputs_dir, library=self.library)
         self.tabs.addTab(self.setup, "Models")
         self._show_models_tab_state()
 
@@ -240,11 +269,21 @@ class MainWindow(QMainWindow):
             "Add this picture to the reference images",
             lambda: self.use_as_reference(self.gallery.current_path()),
         )
+        self.to_canvas_button = tool(
+            "Send to canvas",
+            "Start img2img or inpainting from this picture: it becomes the Canvas picture",
+            lambda: self.send_to_canvas(self.gallery.current_path()),
+        )
         self.copy_button = tool(
             "Copy", "Copy this picture to the clipboard", lambda: self.copy_image(self.gallery.current_path())
         )
         tool("Open folder", "Open the folder where pictures are saved", self.open_outputs_folder)
-        self._image_actions = (self.reuse_button, self.as_reference_button, self.copy_button)
+        self._image_actions = (
+            self.reuse_button,
+            self.as_reference_button,
+            self.to_canvas_button,
+            self.copy_button,
+        )
         for b in self._image_actions:
             b.setEnabled(False)
         return bar
@@ -270,6 +309,12 @@ class MainWindow(QMainWindow):
         w.models_loaded.connect(self._on_models_loaded, queued)
 
         self.references.message.connect(self.show_error)
+        self.init_panel.message.connect(self.show_error)
+        self.init_panel.show_canvas.connect(self.show_canvas)
+        self.canvas.message.connect(lambda text, kind: self.banner.show_message(text, kind))
+        self.gallery.itemClicked.connect(lambda _item: self.view_tabs.setCurrentWidget(self.result_page))
+        self.control.message.connect(self.show_error)
+        self.control.show_image.connect(self._show_control_map)
         self.gallery.current_changed.connect(self._on_gallery_selection)
         self.gallery.reuse_requested.connect(self.reuse_settings)
         self.gallery.reference_requested.connect(self.use_as_reference)
@@ -280,6 +325,8 @@ class MainWindow(QMainWindow):
         self.state.changed.connect(self._on_state_changed)
         self.setup.outputs_changed.connect(self._on_outputs_changed)
         self.setup.models_dir_changed.connect(self._on_models_dir_changed)
+        self.setup.checked.connect(self._show_models_tab_state)
+        self.picker.message.connect(lambda text, kind: self.banner.show_message(text, kind))
 
     # ------------------------------------------------------------------ models
     def _show_models_tab_state(self) -> None:
@@ -297,10 +344,12 @@ class MainWindow(QMainWindow):
         )
         spec = ModelSpec(m.base, m.adapter, m.image_encoder) if with_adapter else ModelSpec(m.base)
         self._models_loading = True
+        self.picker.set_loading(True)
         self.worker.preload(spec)
 
     def _on_models_loaded(self, error: str) -> None:
         self._models_loading = False
+        self.picker.set_loading(False, error)
         if error:
             self.show_error(error)
         self.models_ready.emit(error)
@@ -322,6 +371,8 @@ class MainWindow(QMainWindow):
         if self._closed:
             return None
         try:
+            if self.state.mode == "inpaint":
+                self.canvas.commit_mask()  # the painted mask becomes the file the request names
             request = self.state.next_request()
         except IPAStudioError as exc:
             self.show_error(str(exc))
@@ -331,6 +382,7 @@ class MainWindow(QMainWindow):
             return None
         self.banner.hide()
         job_id = self.worker.submit(request, self.outputs_dir)
+        self.view_tabs.setCurrentWidget(self.result_page)  # where the live preview shows
         self._jobs[job_id] = request
         self.generate_panel.cancel.setEnabled(True)
         if self._running is None:
@@ -447,6 +499,22 @@ class MainWindow(QMainWindow):
             )
         return True
 
+    def _show_control_map(self, image: QImage, caption: str) -> None:
+        self._live = False  # a running job's next preview would otherwise replace the map at once
+        self.view.set_image(image)
+        self.caption.setText(caption)
+        self.view_tabs.setCurrentWidget(self.result_page)  # the map shows there, not on the Canvas
+
+    def send_to_canvas(self, path: Path | None) -> None:
+        """Start img2img / inpainting from a result (a mask of the same size is kept, to refine)."""
+        if path is not None:
+            self.canvas.set_init(path)
+            self.show_canvas()
+
+    def show_canvas(self) -> None:
+        self.tabs.setCurrentIndex(CREATE_TAB)
+        self.view_tabs.setCurrentWidget(self.canvas)
+
     def use_as_reference(self, path: Path | None) -> None:
         if path is not None:
             self.state.add_reference(path)
@@ -494,6 +562,8 @@ class MainWindow(QMainWindow):
     def _on_models_dir_changed(self, path: str) -> None:
         self.settings.models_dir = path
         self.save_settings()
+        m = self.state.models
+        self.library.set_root(library_root(self.settings.models_path), (m.base, m.adapter, m.image_encoder))
 
     # ------------------------------------------------------------------ settings and closing
     def _restore_layout(self) -> None:
@@ -533,6 +603,8 @@ class MainWindow(QMainWindow):
         self.save_settings()
         self.worker.stop()
         self.setup.shutdown()
+        self.control.shutdown()
+        self.library.stop()
         self.loader.wait()
 
     def closeEvent(self, event: QCloseEvent) -> None:  # noqa: N802 - Qt override

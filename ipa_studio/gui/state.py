@@ -18,7 +18,15 @@ from pathlib import Path
 from PySide6.QtCore import QObject, Signal
 
 from ipa_studio.core.errors import RequestError
-from ipa_studio.core.request import SCHEDULERS, GenerationRequest, ModelSpec, Reference
+from ipa_studio.core.request import (
+    SCHEDULERS,
+    ControlSpec,
+    GenerationRequest,
+    InitImage,
+    MaskSpec,
+    ModelSpec,
+    Reference,
+)
 from ipa_studio.core.settings import LastValues, ModelPaths
 
 MAX_SEED = 2**32 - 1
@@ -41,6 +49,39 @@ class ReferenceItem:
     weight: float = 1.0
 
 
+@dataclass(frozen=True)
+class ControlItem:
+    """One ControlNet of the control panel: a photo, how it becomes a map, and the ControlNet.
+
+    ``map_path`` is the map a request uses: empty while it is being made, or when making it failed
+    (``map_problem`` says why). Changing the photo or how it is preprocessed empties it.
+    """
+
+    uid: int
+    photo: str = ""
+    preprocessor: str = "openpose"
+    resolution: int = 512
+    hands: bool = False
+    face: bool = False
+    model: str = ""
+    """The ControlNet (a diffusers folder)."""
+    scale: float = 1.0
+    start: float = 0.0
+    end: float = 1.0
+    """The part of the denoising steps the ControlNet guides, as fractions (diffusers' rule)."""
+    enabled: bool = True
+    map_path: str = ""
+    map_problem: str = ""
+    model_kind: str = "unknown"
+    model_problem: str = ""
+    """Why the ControlNet cannot be used with the base model (from ``detect_controlnet``)."""
+
+    @property
+    def map_key(self) -> tuple[str, str, int, bool, bool]:
+        """What the map depends on; nothing else (strength, steps, on/off) makes a new one."""
+        return (self.photo, self.preprocessor, self.resolution, self.hands, self.face)
+
+
 _uids = itertools.count(1)
 
 # Plain-value fields, each with the name of the signal argument that announces its change.
@@ -57,12 +98,19 @@ _FIELDS = (
     "scheduler",
     "num_images",
 )
+# Img2img / inpainting: the mode, the start picture and its strength, the mask file and its options.
+# ``mask_path`` names a PNG the canvas saved (or one reused from a picture's settings).
+_INIT_FIELDS = ("mode", "init_path", "strength", "mask_path", "only_masked", "mask_padding", "mask_blur")
+MODES = ("txt2img", "img2img", "inpaint")
 
 
 class ViewState(QObject):
     """Everything a generation is made from. ``changed(name)`` fires once per real change."""
 
     changed = Signal(str)
+    # A control's values changed (not added or removed: that is changed("controls")). Its own signal,
+    # so one card updates and the others are not rebuilt while a slider is dragged.
+    control_changed = Signal(int)
 
     def __init__(self, last: LastValues | None = None, models: ModelPaths | None = None) -> None:
         super().__init__()
@@ -81,13 +129,23 @@ class ViewState(QObject):
         self.height = last.height
         self.scheduler = last.scheduler if last.scheduler in SCHEDULERS else "ddim"
         self.num_images = max(1, last.num_images)
+        self.mode = "txt2img"
+        self.init_path = ""
+        self.strength = 0.75
+        self.mask_path = ""
+        self.only_masked = False
+        self.mask_padding = 32
+        self.mask_blur = 4
         self.references: list[ReferenceItem] = []
+        self.controls: list[ControlItem] = []
         self.models = replace(models) if models is not None else ModelPaths()
 
     # ------------------------------------------------------------------ plain values
     def set(self, name: str, value: object) -> None:
-        if name not in _FIELDS:
+        if name not in _FIELDS and name not in _INIT_FIELDS:
             raise AttributeError(f"ViewState has no setting {name!r}")
+        if name in _INIT_FIELDS:
+            value = _init_value(name, value)
         if name == "scale":
             value = _clamp(float(value), 0.0, 1.0)  # type: ignore[arg-type]
             if self.scale_blocks is not None:
@@ -130,6 +188,56 @@ class ViewState(QObject):
         self.references = []
         self.changed.emit("references")
 
+    # ------------------------------------------------------------------ controls
+    def add_control(self, **values: object) -> ControlItem:
+        item = ControlItem(next(_uids), **values)  # type: ignore[arg-type]
+        self.controls.append(item)
+        self.changed.emit("controls")
+        return item
+
+    def remove_control(self, uid: int) -> None:
+        self.controls = [c for c in self.controls if c.uid != uid]
+        self.changed.emit("controls")
+
+    def control(self, uid: int) -> ControlItem | None:
+        return next((c for c in self.controls if c.uid == uid), None)
+
+    def update_control(self, uid: int, **changes: object) -> ControlItem | None:
+        """Change some values of one control; a new photo or preprocessing empties its map."""
+        old = self.control(uid)
+        if old is None:
+            return None  # removed while its map was being made
+        new = replace(old, **changes)  # type: ignore[arg-type]
+        if new.map_key != old.map_key and "map_path" not in changes:
+            new = replace(new, map_path="", map_problem="")
+        if new != old:
+            self.controls = [new if c.uid == uid else c for c in self.controls]
+            self.control_changed.emit(uid)
+        return new
+
+    def _control_specs(self) -> tuple[ControlSpec, ...]:
+        specs = []
+        for n, c in enumerate(self.controls, start=1):
+            if not c.enabled:
+                continue
+            name = f"Control {n}" if len(self.controls) > 1 else "The control"
+            if not c.photo:
+                raise RequestError(f"{name} has no photo yet: drop one on it, or switch it off.")
+            if not c.model:
+                raise RequestError(f"{name} needs a ControlNet: choose one, or switch the control off.")
+            if c.model_problem:
+                raise RequestError(f"{name}: its ControlNet cannot be used. {c.model_problem}")
+            if not c.map_path:
+                if c.map_problem:
+                    raise RequestError(f"{name} has no map: {c.map_problem}")
+                raise RequestError(
+                    f"The map of {name.lower()} is still being made; generate again in a moment."
+                )
+            if not 0.0 <= c.start < c.end <= 1.0:
+                raise RequestError(f"{name}: its guidance must start before it ends.")
+            specs.append(ControlSpec(c.map_path, c.model, c.scale, c.start, c.end))
+        return tuple(specs)
+
     # ------------------------------------------------------------------ models
     def set_models(self, models: ModelPaths) -> None:
         if models != self.models:
@@ -159,11 +267,13 @@ class ViewState(QObject):
             )
         if not self.references and not self.prompt.strip():
             raise RequestError("Add a reference image or type a prompt, then generate.")
+        init, mask = self._init_specs()
         return GenerationRequest(
             models=ModelSpec(m.base, m.adapter or None, m.image_encoder or None)
             if has_adapter
             else ModelSpec(m.base),
             references=tuple(Reference(r.path, r.weight) for r in self.references),
+            controls=self._control_specs(),
             prompt=self.prompt,
             negative_prompt=self.negative_prompt,
             scale=dict(self.scale_blocks) if self.scale_blocks is not None else self.scale,
@@ -174,7 +284,26 @@ class ViewState(QObject):
             height=self.height,
             scheduler=self.scheduler,  # type: ignore[arg-type]
             num_images=self.num_images,
+            init=init,
+            mask=mask,
         )
+
+    def _init_specs(self) -> tuple[InitImage | None, MaskSpec | None]:
+        if self.mode == "txt2img":
+            return None, None
+        if not self.init_path:
+            raise RequestError(
+                f"{'Inpainting' if self.mode == 'inpaint' else 'Img2img'} starts from a picture: open, "
+                "paste or drop one on the Canvas, or send a result there."
+            )
+        init = InitImage(self.init_path, self.strength)
+        if self.mode == "img2img":
+            return init, None
+        if not self.mask_path:
+            raise RequestError(
+                "Paint the part to repaint on the Canvas first (it shows in colour), or switch to Img2img."
+            )
+        return init, MaskSpec(self.mask_path, self.only_masked, self.mask_padding, self.mask_blur)
 
     # ------------------------------------------------------------------ request → state
     def apply_request(self, request: GenerationRequest) -> list[str]:
@@ -183,11 +312,7 @@ class ViewState(QObject):
         The seed is locked, so pressing Generate makes the same picture again.
         """
         notes: list[str] = []
-        if request.init is not None or request.mask is not None or request.controls:
-            notes.append(
-                f"This image was made with {request.mode}, which the window does not offer yet; "
-                "only its prompt, references and settings were restored."
-            )
+        notes.extend(self._apply_init(request))
         for name in _FIELDS:
             if name in ("scale", "seed_locked"):
                 continue
@@ -218,6 +343,8 @@ class ViewState(QObject):
                 f"{'were' if lost > 1 else 'was'} left out."
             )
 
+        notes.extend(self._apply_controls(request.controls))
+
         models = request.models
         wanted = ModelPaths(str(models.base), str(models.adapter or ""), str(models.image_encoder or ""))
         present = [p for p in (wanted.base, wanted.adapter, wanted.image_encoder) if p]
@@ -231,6 +358,68 @@ class ViewState(QObject):
                 "The models this image was made with are not on this computer; kept the current ones."
             )
         return notes
+
+    def _apply_init(self, request: GenerationRequest) -> list[str]:
+        """Restore the start picture, strength and mask; the mode follows the request.
+
+        Set in this order (picture, then mask) so the canvas opens the picture before its mask.
+        """
+        init, mask = request.init, request.mask
+        if init is None:
+            self.set("mode", "txt2img")
+            return []
+        path = str(init.image) if isinstance(init.image, (str, Path)) else ""
+        if not path or not Path(path).is_file():
+            self.set("mode", "txt2img")
+            return [
+                f"The picture this {request.mode} started from could not be found any more (moved, "
+                "deleted or only pasted); its other settings were restored."
+            ]
+        self.set("init_path", path)
+        self.set("strength", init.strength)
+        if mask is None:
+            self.set("mode", "img2img")
+            return []
+        self.set("only_masked", mask.only_masked)
+        self.set("mask_padding", mask.padding)
+        self.set("mask_blur", mask.blur)
+        mask_path = str(mask.image) if isinstance(mask.image, (str, Path)) else ""
+        if not mask_path or not Path(mask_path).is_file():
+            self.set("mode", "img2img")
+            return ["Its mask could not be found any more: paint it again on the Canvas to inpaint."]
+        self.set("mask_path", mask_path)
+        self.set("mode", "inpaint")
+        return []
+
+    def _apply_controls(self, controls: tuple[ControlSpec, ...]) -> list[str]:
+        # A request holds maps, not the photos they were made from: each comes back as a map used
+        # as it is, which makes exactly the same picture.
+        self.controls = []
+        lost = 0
+        for spec in controls:
+            if isinstance(spec.image, (str, Path)) and Path(spec.image).is_file():
+                path = str(spec.image)
+                self.controls.append(
+                    ControlItem(
+                        next(_uids),
+                        photo=path,
+                        preprocessor="none",
+                        model=str(spec.model),
+                        scale=float(spec.scale),
+                        start=float(spec.start),
+                        end=float(spec.end),
+                        map_path=path,
+                    )
+                )
+            else:
+                lost += 1
+        self.changed.emit("controls")
+        if not lost:
+            return []
+        return [
+            f"{lost} control map{'s' if lost > 1 else ''} could not be found any more and "
+            f"{'were' if lost > 1 else 'was'} left out."
+        ]
 
     # ------------------------------------------------------------------ persistence
     def last_values(self) -> LastValues:
@@ -247,6 +436,22 @@ class ViewState(QObject):
             scheduler=self.scheduler,
             num_images=self.num_images,
         )
+
+
+def _init_value(name: str, value: object) -> object:
+    """Check and normalise an img2img / inpainting setting before it enters the state."""
+    if name == "mode":
+        if value not in MODES:
+            raise ValueError(f"mode must be one of {', '.join(MODES)}, not {value!r}")
+        return value
+    if name in ("init_path", "mask_path"):
+        return str(value or "")
+    if name == "strength":
+        # Strength 0 would keep the picture unchanged; the engine refuses it, so the floor is 0.01.
+        return round(_clamp(float(value), 0.01, 1.0), 4)  # type: ignore[arg-type]
+    if name == "only_masked":
+        return bool(value)
+    return max(0, int(value))  # type: ignore[call-overload]
 
 
 def _clamp(value: float, low: float, high: float) -> float:

@@ -11,6 +11,7 @@ models, denoising, decoding, PIL → QImage conversion (previews and thumbnails)
 
 from __future__ import annotations
 
+import copy
 import gc
 import logging
 import queue
@@ -124,6 +125,12 @@ class GenerationWorker(QThread):
         if not ended:
             log.error("the engine thread did not stop within %d ms", timeout_ms)
         return ended
+
+    def engine_stats(self) -> Any | None:
+        """A copy of the engine's work counters (``EngineStats``: files read, cache hits), or None
+        before the engine exists. Read it between jobs; the worker changes them while it runs."""
+        stats = getattr(self.engine, "stats", None)
+        return copy.deepcopy(stats) if stats is not None else None
 
     def _is_cancelled(self, job_id: int) -> bool:
         with self._lock:
