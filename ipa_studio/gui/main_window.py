@@ -431,6 +431,8 @@ class MainWindow(QMainWindow):
         seconds = saved[0].seconds if saved else 0.0
         n = len(saved)
         self._idle_text(f"Done in {seconds:.1f} s · {n} picture{'s' if n != 1 else ''} saved")
+        if saved and saved[0].notices:
+            self.show_note(" ".join(saved[0].notices))
         self.generation_ended.emit("finished")
 
     def _on_failed(self, job_id: int, message: str) -> None:

@@ -56,6 +56,8 @@ class SavedImage:
     request: GenerationRequest
     index: int
     seconds: float
+    notices: tuple[str, ...] = ()
+    """What the engine adjusted on the way (e.g. a mask scaled to the picture), to tell the user."""
 
 
 def default_engine_factory(device: str | None = None) -> EngineFactory:
@@ -204,7 +206,7 @@ class GenerationWorker(QThread):
             # A cancel that arrives during the final decode still means "I do not want this".
             if self._is_cancelled(job.id):
                 raise Cancelled("Generation cancelled.")
-            saved = self._save(job, result.images, result.seconds)
+            saved = self._save(job, result.images, result.seconds, tuple(result.notices))
         except Cancelled:
             self.job_cancelled.emit(job.id)
             return
@@ -213,7 +215,9 @@ class GenerationWorker(QThread):
             return
         self.job_finished.emit(job.id, saved)
 
-    def _save(self, job: Job, images: list[Any], seconds: float) -> list[SavedImage]:
+    def _save(
+        self, job: Job, images: list[Any], seconds: float, notices: tuple[str, ...] = ()
+    ) -> list[SavedImage]:
         from ipa_studio.core.images import save_png
         from ipa_studio.core.metadata import request_to_metadata
 
@@ -227,7 +231,9 @@ class GenerationWorker(QThread):
             save_png(image, path, request_to_metadata(job.request, extra=extra))
             qimage = pil_to_qimage(image)
             saved.append(
-                SavedImage(path, qimage, thumbnail(qimage, THUMBNAIL_SIZE), job.request, index, seconds)
+                SavedImage(
+                    path, qimage, thumbnail(qimage, THUMBNAIL_SIZE), job.request, index, seconds, notices
+                )
             )
         return saved
 
