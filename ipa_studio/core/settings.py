@@ -92,6 +92,8 @@ class Settings:
     """Where downloaded models go; empty = :func:`default_models_dir`."""
     outputs_dir: str = ""
     """Where generated images are saved; empty = :func:`default_outputs_dir`."""
+    annotators_dir: str = ""
+    """Where the pose/depth preprocessor weights are; empty = ``annotators`` in the models folder."""
     device: str = "auto"
     last: LastValues = field(default_factory=LastValues)
     window: WindowLayout = field(default_factory=WindowLayout)

@@ -152,6 +152,8 @@ class MainWindow(QMainWindow):
             weights_dir=lambda: self.settings.models_path / "annotators",
             device=self.settings.device,
         )
+        if self.settings.annotators_dir:
+            self.control.set_weights_dir(self.settings.annotators_dir)
         column = QWidget()
         column.setObjectName("controlColumn")
         col = QVBoxLayout(column)
@@ -588,6 +590,8 @@ class MainWindow(QMainWindow):
     def save_settings(self) -> None:
         self.settings.last = self.state.last_values()
         self.settings.models = self.state.models
+        chosen = self.control.chosen_weights_dir
+        self.settings.annotators_dir = str(chosen) if chosen else ""
         self._store_layout()
         if self.settings_path is None:
             return

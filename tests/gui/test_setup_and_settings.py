@@ -176,6 +176,7 @@ def test_settings_are_saved_atomically_and_restored(make_window, qtbot, tmp_path
     window.balance.spin.setValue(0.8)
     window.settings_panel.steps.setValue(17)
     window.settings_panel.lock.setChecked(True)
+    window.control.set_weights_dir(tmp_path / "my-annotators")
     window.resize(1000, 700)
     window.splitter.setSizes([500, 734])
     window.close()
@@ -189,10 +190,12 @@ def test_settings_are_saved_atomically_and_restored(make_window, qtbot, tmp_path
         True,
     )
     assert saved.models == tiny_models and saved.window.geometry and saved.window.splitters["main"]
+    assert saved.annotators_dir == str(tmp_path / "my-annotators")
 
     again: MainWindow = make_window(saved, path, check_network=False)
     assert again.prompt.prompt.toPlainText() == "remember me"
     assert again.balance.slider.value() == 80 and again.settings_panel.steps.value() == 17
+    assert again.control.weights_dir == tmp_path / "my-annotators"
     # The offscreen screen is 800 px wide, so Qt clamps the restored width; the height fits.
     assert again.height() == 700
 

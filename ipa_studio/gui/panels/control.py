@@ -908,6 +908,11 @@ class ControlPanel(Section):
     def weights_dir(self) -> Path:
         return self._weights_dir or self.default_weights_dir()
 
+    @property
+    def chosen_weights_dir(self) -> Path | None:
+        """The folder picked by hand, or None while the default (under the models folder) applies."""
+        return self._weights_dir
+
     def set_weights_dir(self, folder: str | Path) -> None:
         self._weights_dir = Path(folder)
         self.worker.set_weights_dir(self.weights_dir)
