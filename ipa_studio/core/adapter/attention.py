@@ -21,7 +21,8 @@ class AdapterContext:
     under classifier-free guidance). ``bias`` is an optional additive attention bias over those
     tokens that carries per-reference weights. Bumping ``version`` tells processors that their
     cached K'/V' are stale; since the tokens are constant through a generation, K'/V' are computed
-    once per generation rather than once per step.
+    once per generation rather than once per step (only without autograd: in training they are
+    recomputed on every call).
     """
 
     tokens: torch.Tensor | None = None
@@ -53,12 +54,21 @@ class DecoupledAttnProcessor:
         self._cached_kv: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def _image_kv(self, heads: int, head_dim: int) -> tuple[torch.Tensor, torch.Tensor]:
-        if self._cache_version != self.context.version or self._cached_kv is None:
-            tokens = self.context.tokens
-            b = tokens.shape[0]
+        tokens = self.context.tokens
+        b = tokens.shape[0]
+
+        def compute() -> tuple[torch.Tensor, torch.Tensor]:
             k = self.to_k_ip(tokens).view(b, -1, heads, head_dim).transpose(1, 2)
             v = self.to_v_ip(tokens).view(b, -1, heads, head_dim).transpose(1, 2)
-            self._cached_kv = (k, v)
+            return k, v
+
+        if torch.is_grad_enabled():
+            # Training: W'k, W'v need their gradients every call, and gradient checkpointing reruns
+            # each block's forward expecting the same operations, so nothing may be reused.
+            self._cached_kv = None
+            return compute()
+        if self._cache_version != self.context.version or self._cached_kv is None:
+            self._cached_kv = compute()
             self._cache_version = self.context.version
         return self._cached_kv
 

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ipa_studio.core.adapter import DecoupledAttnProcessor, InstalledAdapter, IPAdapter, install_adapter
+from ipa_studio.core.adapter import InstalledAdapter, IPAdapter, install_adapter
 from ipa_studio.core.errors import IPAStudioError
 
 
@@ -66,26 +66,14 @@ def micro_batch_generator(seed: int, rank: int, batch_index: int) -> torch.Gener
     return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
 
 
-class TrainingAttnProcessor(DecoupledAttnProcessor):
-    """The engine's decoupled attention, without reusing K'/V' between calls.
-
-    The engine caches K'/V' for a whole generation. In training the tokens change every batch, and
-    under gradient checkpointing each block's forward runs twice with the same tokens: reusing the
-    cached K'/V' in the recomputation skips the W'k/W'v matmuls, which torch.utils.checkpoint rejects
-    ("a different number of tensors was saved"). With 4–16 tokens recomputing them costs nothing.
-    """
-
-    def _image_kv(self, heads: int, head_dim: int) -> tuple[torch.Tensor, torch.Tensor]:
-        self._cached_kv = None
-        kv = super()._image_kv(heads, head_dim)
-        self._cached_kv = None  # do not keep the step's autograd graph alive until the next one
-        return kv
-
-
 def install_for_training(
     adapter: IPAdapter, unet: nn.Module, *, encoder_projection_dim: int, encoder_hidden_size: int
 ) -> InstalledAdapter:
-    """Install ``adapter`` on ``unet`` (λ = 1, as trained) with checkpoint-safe processors."""
+    """Install ``adapter`` on ``unet`` (λ = 1, as trained), its weights kept in float32.
+
+    The decoupled processors recompute K'/V' on every call while autograd is on, which is what
+    training and gradient checkpointing need.
+    """
     installed = install_adapter(
         adapter,
         unet,
@@ -95,13 +83,6 @@ def install_for_training(
     # install_adapter gives the adapter the UNet's dtype; trained weights stay float32 under mixed
     # precision (autocast computes in half, the optimizer updates full-precision weights).
     adapter.float()
-    training = {
-        name: TrainingAttnProcessor(p.to_k_ip, p.to_v_ip, installed.context, p.scale)
-        for name, p in installed.processors.items()
-    }
-    installed.processors.clear()
-    installed.processors.update(training)
-    unet.set_attn_processor({**unet.attn_processors, **training})
     return installed
 
 
