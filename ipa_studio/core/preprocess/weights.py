@@ -11,16 +11,14 @@ instead of a hub error, a download attempt or a meaningless map.
 
 from __future__ import annotations
 
-import pickle
-import zipfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from ipa_studio.core.errors import ModelFileError, UnsafeFileError
-from ipa_studio.core.models.safe_load import describe_non_weights, load_weights
+from ipa_studio.core.errors import ModelFileError
+from ipa_studio.core.models.safe_load import load_weights
 from ipa_studio.core.preprocess.catalog import (
     ANNOTATOR_REPO,
     MIDAS_FILE,
@@ -84,35 +82,16 @@ def _state_keys(obj: Any, name: str) -> frozenset[str]:
 def check_weight_file(path: Path) -> frozenset[str]:
     """Check one annotator file without running code from it; returns its weight names.
 
-    Zip-format pickles are opened memory-mapped, so only their structure is read here (controlnet-aux
-    reads the data once, afterwards); old-format pickles are read once with the weights-only unpickler.
+    Zip-format pickles are memory-mapped, so only their structure is read here (controlnet-aux reads
+    the data once, afterwards).
     """
     path = Path(path)
-    name = f"'{path.name}' in {path.parent}"
     try:
-        with path.open("rb") as f:
-            head = f.read(512)
-    except OSError as exc:
-        raise ModelFileError(f"{name} cannot be read: {exc.strerror or exc}.") from exc
-    impostor = describe_non_weights(head)
-    if impostor:
-        raise ModelFileError(f"{name} cannot be used: {impostor}.")
-    if head.startswith(b"PK") and not zipfile.is_zipfile(path):
-        raise ModelFileError(f"{name} is truncated (its archive index is missing). Download it again.")
-    if not head.startswith(b"PK"):
-        # Old (pre-zip) pickle format: cannot be memory-mapped; load_weights names the file in its errors.
-        return _state_keys(load_weights(path), name)
-    try:
-        obj = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
-    except pickle.UnpicklingError as exc:
-        raise UnsafeFileError(
-            f"{name} was refused as unsafe: it contains code or objects other than weights, and IPA "
-            "Studio never runs code from model files. Download it again from the official repo."
-        ) from exc
-    except (RuntimeError, EOFError, ValueError, zipfile.BadZipFile) as exc:
-        damage = type(exc).__name__
-        raise ModelFileError(f"{name} is truncated or damaged ({damage}). Download it again.") from exc
-    return _state_keys(obj, name)
+        state = load_weights(path, mmap=True)
+    except ModelFileError as exc:
+        # Annotator files live in a folder the user chose: name it, so the right file gets replaced.
+        raise type(exc)(f"{exc} (in {path.parent})") from exc
+    return _state_keys(state, f"'{path.name}' in {path.parent}")
 
 
 def _wrong_file(folder: Path, filename: str, exc: BaseException) -> ModelFileError:
