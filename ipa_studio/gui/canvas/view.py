@@ -29,7 +29,6 @@ from PySide6.QtWidgets import (
     QGraphicsEllipseItem,
     QGraphicsItem,
     QGraphicsPixmapItem,
-    QGraphicsScene,
     QGraphicsView,
     QStyleOptionGraphicsItem,
     QWidget,
@@ -37,8 +36,8 @@ from PySide6.QtWidgets import (
 
 from ipa_studio.gui.canvas.mask import MAX_BRUSH, MIN_BRUSH, Brush, MaskLayer
 from ipa_studio.gui.canvas.refcount_guard import guard_singletons
+from ipa_studio.gui.widgets.image_view import ZoomableView
 
-MIN_ZOOM, MAX_ZOOM = 0.02, 32.0
 SIZE_STEP = 1.2  # [ and ] scale the brush by this factor: even steps from 1 px to 1000 px
 MASK_COLOUR = QColor(255, 56, 96)
 MASK_OPACITY = 0.55
@@ -103,21 +102,19 @@ class MaskOverlayItem(QGraphicsItem):
         painter.drawImage(QRectF(exposed), self._overlay, QRectF(exposed))
 
 
-class MaskCanvas(QGraphicsView):
+class MaskCanvas(ZoomableView):
     """Paints into ``layer`` with ``brush``. ``brush_changed`` fires when a key changed the brush;
     ``zoom_changed(zoom)`` when the zoom changed (1.0 = one image pixel per screen pixel)."""
 
     brush_changed = Signal()
-    zoom_changed = Signal(float)
     paste_requested = Signal()  # Ctrl+V on the canvas: a new start picture, not a reference
+    min_zoom = 0.02  # a whole 4K picture still fits a small window
 
     def __init__(self, layer: MaskLayer, placeholder: str = "", parent: QWidget | None = None) -> None:
-        super().__init__(parent)
+        super().__init__(placeholder, parent)
         guard_singletons()  # painting makes several Qt calls per mouse move: see refcount_guard
         self.layer = layer
         self.brush = Brush()
-        self._placeholder = placeholder
-        self.setScene(QGraphicsScene(self))
         self._image_item = QGraphicsPixmapItem()
         self._image_item.setTransformationMode(Qt.TransformationMode.SmoothTransformation)
         self._image_item.setZValue(0)
@@ -128,18 +125,12 @@ class MaskCanvas(QGraphicsView):
         self._cursor.hide()
         for item in (self._image_item, self.overlay, self._cursor):
             self.scene().addItem(item)
-        self._fit = True
         self._panning: QPointF | None = None
         self._space = False
-        self.setRenderHint(QPainter.RenderHint.SmoothPixmapTransform)
-        self.setTransformationAnchor(QGraphicsView.ViewportAnchor.AnchorUnderMouse)
         self.setViewportUpdateMode(QGraphicsView.ViewportUpdateMode.MinimalViewportUpdate)
-        self.setBackgroundBrush(QColor(28, 28, 30))
-        self.setFrameShape(QGraphicsView.Shape.NoFrame)
         self.setMouseTracking(True)
         self.setFocusPolicy(Qt.FocusPolicy.StrongFocus)
         self.viewport().setCursor(Qt.CursorShape.CrossCursor)
-        self.setMinimumSize(240, 240)
 
     # ------------------------------------------------------------------ content
     def set_image(self, image: QImage | None) -> None:
@@ -181,29 +172,8 @@ class MaskCanvas(QGraphicsView):
         self.set_eraser(not self.brush.eraser)
 
     # ------------------------------------------------------------------ zoom
-    def zoom(self) -> float:
-        return self.transform().m11()
-
-    def fit(self) -> None:
-        self._fit = True
-        if self.has_image():
-            self.fitInView(self.sceneRect(), Qt.AspectRatioMode.KeepAspectRatio)
-            self.zoom_changed.emit(self.zoom())
-            self._update_outline()
-
-    def actual_size(self) -> None:
-        self.set_zoom(1.0)
-
-    def zoom_by(self, factor: float) -> None:
-        self.set_zoom(self.zoom() * factor)
-
-    def set_zoom(self, zoom: float) -> None:
-        self._fit = False
-        zoom = min(max(zoom, MIN_ZOOM), MAX_ZOOM)
-        self.resetTransform()
-        self.scale(zoom, zoom)
-        self.zoom_changed.emit(zoom)
-        self._update_outline()
+    def _zoom_applied(self) -> None:
+        self._update_outline()  # the outline shows the brush at screen size
 
     def image_point(self, viewport_pos: QPointF) -> QPointF:
         """The image position (in pixels, fractional) under a point of the viewport."""
@@ -264,11 +234,8 @@ class MaskCanvas(QGraphicsView):
         event.accept()  # the right button erases; no menu in the way
 
     def wheelEvent(self, event: QWheelEvent) -> None:  # noqa: N802 - Qt override
-        if not self.has_image():
-            return
-        steps = event.angleDelta().y() / 120
-        if steps:
-            self.zoom_by(1.25**steps)
+        super().wheelEvent(event)
+        if self.has_image():
             self._move_outline(self.image_point(event.position()))
 
     def enterEvent(self, event) -> None:  # noqa: N802, ANN001 - Qt override
@@ -366,28 +333,6 @@ class MaskCanvas(QGraphicsView):
 
     def _update_outline(self) -> None:
         self._cursor.set_brush(self.brush.size * self.zoom(), self.brush.eraser)
-
-    # ------------------------------------------------------------------ empty state
-    def resizeEvent(self, event) -> None:  # noqa: N802, ANN001 - Qt override
-        super().resizeEvent(event)
-        if self._fit:
-            self.fit()
-
-    def drawForeground(self, painter: QPainter, rect: QRectF) -> None:  # noqa: N802 - Qt override
-        if self.has_image() or not self._placeholder:
-            return
-        painter.save()
-        painter.resetTransform()
-        painter.setPen(QColor(150, 150, 155))
-        font = painter.font()
-        font.setPointSizeF(font.pointSizeF() * 1.2)
-        painter.setFont(font)
-        painter.drawText(
-            self.viewport().rect().adjusted(24, 24, -24, -24),
-            Qt.AlignmentFlag.AlignCenter | Qt.TextFlag.TextWordWrap,
-            self._placeholder,
-        )
-        painter.restore()
 
 
 class _BrushOutline(QGraphicsEllipseItem):
