@@ -135,7 +135,7 @@ class DemoPreprocessors:
 def save_control_screenshot(docs: Path) -> int:
     from ipa_studio.core.models.tiny import build_controlnet_folder
     from ipa_studio.gui.screenshot import _save
-    from ipa_studio.gui.selftest import build_demo_models, demo_settings, wait_until
+    from ipa_studio.gui.selftest import build_demo_models, demo_settings, engine_started, wait_until
     from ipa_studio.gui.style import apply_theme
 
     os.environ["HF_HUB_OFFLINE"] = "1"
@@ -166,9 +166,7 @@ def save_control_screenshot(docs: Path) -> int:
         panel.worker.service_factory = DemoPreprocessors
         window.resize(1500, 940)
         window.show()
-        if not wait_until(
-            lambda: not window.models_loading and "Starting" not in window.device_label.text(), 120
-        ):
+        if not wait_until(lambda: engine_started(window), 120):
             print("the engine did not start", file=sys.stderr)
             return 1
         first, second = panel.add_control(photo), panel.add_control(photo)

@@ -28,7 +28,7 @@ from ipa_studio.core.models.tiny import make_reference_image
 from ipa_studio.gui.main_window import MainWindow
 from ipa_studio.gui.panels.references import file_urls_mime
 from ipa_studio.gui.qimage import qimage_to_pil
-from ipa_studio.gui.selftest import build_demo_models, demo_settings, wait_until
+from ipa_studio.gui.selftest import build_demo_models, demo_settings, engine_started, wait_until
 from ipa_studio.gui.style import apply_theme
 
 
@@ -150,11 +150,7 @@ def main(docs: Path) -> int:
         window.resize(1500, 940)
         window.show()
         if not wait_until(
-            lambda: (
-                not window.models_loading
-                and "Starting" not in window.device_label.text()
-                and len(window.picker.snapshot.entries) >= 6
-            ),
+            lambda: engine_started(window) and len(window.picker.snapshot.entries) >= 6,
             120,
         ):
             print("the engine did not start", file=sys.stderr)

@@ -12,11 +12,15 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from PySide6.QtCore import QEventLoop
 from PySide6.QtWidgets import QApplication
 
 from ipa_studio.core.settings import LastValues, ModelPaths, Settings
+
+if TYPE_CHECKING:
+    from ipa_studio.gui.main_window import MainWindow
 
 
 def build_demo_models(folder: Path) -> ModelPaths:
@@ -43,6 +47,11 @@ def demo_settings(folder: Path, models: ModelPaths, **last: object) -> Settings:
         outputs_dir=str(folder / "outputs"),
         last=LastValues(**values),  # type: ignore[arg-type]
     )
+
+
+def engine_started(window: MainWindow) -> bool:
+    """The worker has started the engine and loaded the chosen models."""
+    return not window.models_loading and "Starting" not in window.device_label.text()
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float) -> bool:

@@ -34,7 +34,7 @@ def save_canvas_screenshot(docs: Path) -> int:
     from ipa_studio.gui.main_window import MainWindow
     from ipa_studio.gui.panels.references import file_urls_mime
     from ipa_studio.gui.screenshot import _save
-    from ipa_studio.gui.selftest import build_demo_models, demo_settings, wait_until
+    from ipa_studio.gui.selftest import build_demo_models, demo_settings, engine_started, wait_until
     from ipa_studio.gui.style import apply_theme
 
     os.environ["HF_HUB_OFFLINE"] = "1"
@@ -60,9 +60,7 @@ def save_canvas_screenshot(docs: Path) -> int:
         window = MainWindow(settings, None, check_network=False)
         window.resize(1500, 940)
         window.show()
-        if not wait_until(
-            lambda: not window.models_loading and "Starting" not in window.device_label.text(), 120
-        ):
+        if not wait_until(lambda: engine_started(window), 120):
             print("the engine did not start", file=sys.stderr)
             return 1
         window.references.add_from_mime(file_urls_mime([reference]))
