@@ -32,8 +32,9 @@ from ipa_studio.core.adapter import (
 from ipa_studio.core.adapter.checkpoint import check_fits
 from ipa_studio.core.devices import default_dtype, pick_device
 from ipa_studio.core.errors import Cancelled, RequestError
-from ipa_studio.core.images import content_hash, load_image, load_mask
+from ipa_studio.core.images import content_hash
 from ipa_studio.core.models.loader import BaseModel, load_base_model, load_controlnet, load_image_encoder
+from ipa_studio.core.prepare import Prepared, prepare
 from ipa_studio.core.request import GenerationRequest
 
 # Latent → RGB for a cheap live preview (SD1.5 latent space; rows = latent channels).
@@ -134,6 +135,17 @@ class _LRU(OrderedDict):
         while len(self) > self.size:
             self.popitem(last=False)
         return value
+
+
+@dataclass
+class _StartLatents:
+    """Where the loop starts, and what a mode adds to each step."""
+
+    latents: torch.Tensor
+    condition: tuple[torch.Tensor, torch.Tensor] | None = None
+    """9-channel inpainting UNets: (mask, masked-picture latents), concatenated to every input."""
+    keep: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+    """Ordinary UNets inpainting: (original latents, their noise, mask) re-imposed after each step."""
 
 
 @dataclass
@@ -364,13 +376,10 @@ class Engine:
     ) -> GenerationResult:
         """Run one request. Raises ``Cancelled`` (no image) when ``should_cancel`` turns true."""
         started = time.perf_counter()
-        inputs = self._validate(request)
+        prepared = prepare(request)  # every number and picture checked before any model work
         self.load(request)
-        box = None
-        if request.mask is not None and request.mask.only_masked:
-            box = self._crop_to_mask(request, inputs)
         try:
-            latents = self._denoise(request, inputs, on_step, should_cancel, started)
+            latents = self._denoise(request, prepared, on_step, should_cancel, started)
             with torch.no_grad():
                 vae = self._base.vae
                 decoded = vae.decode(latents / vae.config.scaling_factor, return_dict=False)[0]
@@ -378,88 +387,21 @@ class Engine:
         finally:
             if self._adapter is not None:
                 self._adapter.installed.context.clear()
-        images = [self._finish(request, inputs, image, box) for image in images]
-        return GenerationResult(images, latents, request, time.perf_counter() - started, inputs["notices"])
-
-    @staticmethod
-    def _crop_to_mask(r: GenerationRequest, inputs: dict[str, Any]) -> tuple[int, int, int, int]:
-        """Swap the inputs for the mask's surroundings, scaled up to the request's full size."""
-        target = compose.work_size((r.width, r.height))
-        box = compose.crop_box(inputs["mask_original"], r.mask.padding, target[0] / target[1])
-        inputs["init"] = inputs["init_original"].crop(box).resize(target, Image.Resampling.LANCZOS)
-        inputs["mask"] = inputs["mask_original"].crop(box).resize(target, Image.Resampling.BILINEAR)
-        inputs["size"] = target
-        # Control maps drawn for the whole picture must follow the same crop.
-        inputs["controls"] = [
-            c.crop(box) if c.size == inputs["init_original"].size else c for c in inputs["controls"]
-        ]
-        return box
-
-    @staticmethod
-    def _finish(
-        r: GenerationRequest,
-        inputs: dict[str, Any],
-        image: Image.Image,
-        box: tuple[int, int, int, int] | None,
-    ) -> Image.Image:
-        """Back to the size that was asked for; for inpainting, the original outside the mask."""
-        original = inputs["original_size"]
-        if r.mask is None:
-            if image.size != original:
-                image = image.resize(original, Image.Resampling.LANCZOS)
-            return image
-        full_box = box or (0, 0, *original)
-        return compose.paste_back(
-            inputs["init_original"], image, inputs["mask_original"], r.mask.blur, full_box
+        images = [self._finish(request, prepared, image) for image in images]
+        return GenerationResult(
+            images, latents, request, time.perf_counter() - started, list(prepared.notices)
         )
 
-    def _validate(self, r: GenerationRequest) -> dict[str, Any]:
-        """Read every input image and check the numbers before any model work starts."""
-        if r.steps < 1:
-            raise RequestError("Steps must be at least 1.")
-        if r.num_images < 1:
-            raise RequestError("The number of images must be at least 1.")
-        if r.references and r.models.adapter is None:
-            raise RequestError("Reference images need an IP-Adapter: choose an adapter file.")
-        if r.mask is not None and r.init is None:
-            raise RequestError("Inpainting needs an init image under the mask.")
-        if any(not ref.weight >= 0 for ref in r.references):
-            raise RequestError("Reference weights must be zero or more.")
-        # A reference at weight 0 contributes nothing; skipping it also skips its encoder call.
-        used = [ref for ref in r.references if ref.weight > 0]
-        out: dict[str, Any] = {
-            "refs": [load_image(ref.image, what="reference image") for ref in used],
-            "weights": [float(ref.weight) for ref in used],
-        }
-        notices: list[str] = []
-        if r.init is not None:
-            if not 0.0 < r.init.strength <= 1.0:
-                raise RequestError("Strength must be above 0 and at most 1.")
-            init = load_image(r.init.image, what="init image")
-            original = init.size
-        else:
-            original = (r.width, r.height)
-        if min(original) < compose.MIN_SIDE:
-            raise RequestError(
-                f"The image must be at least 64 pixels a side (got {original[0]}×{original[1]})."
-            )
-        # The UNet needs multiples of 8: work at the nearest such size, hand back the original size.
-        size = compose.work_size(original)
-        out["original_size"], out["size"], out["notices"] = original, size, notices
-        if r.init is not None:
-            out["init_original"] = init
-            out["init"] = init if init.size == size else init.resize(size, Image.Resampling.LANCZOS)
-        if r.mask is not None:
-            mask, notice = compose.fit_mask(load_mask(r.mask.image), original)
-            if notice:
-                notices.append(notice)
-            out["mask_original"] = mask
-            out["mask"] = mask if mask.size == size else mask.resize(size, Image.Resampling.BILINEAR)
-        out["controls"] = [load_image(c.image, what="control image") for c in r.controls]
-        for c in r.controls:
-            if not 0.0 <= c.start < c.end <= 1.0:
-                raise RequestError("A control's start must be below its end, both between 0 and 1.")
-        return out
+    @staticmethod
+    def _finish(r: GenerationRequest, p: Prepared, image: Image.Image) -> Image.Image:
+        """Back to the size that was asked for; for inpainting, the original outside the mask."""
+        if p.mask is None:
+            if image.size != p.original_size:
+                image = image.resize(p.original_size, Image.Resampling.LANCZOS)
+            return image
+        assert p.start is not None and r.mask is not None
+        full_box = p.crop or (0, 0, *p.original_size)
+        return compose.paste_back(p.start.original, image, p.mask.original, r.mask.blur, full_box)
 
     def _make_scheduler(self, name: str) -> Any:
         from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, EulerAncestralDiscreteScheduler
@@ -469,27 +411,20 @@ class Engine:
             "dpm++": DPMSolverMultistepScheduler,
             "euler-a": EulerAncestralDiscreteScheduler,
         }
-        if name not in classes:
-            raise RequestError(f"Unknown scheduler '{name}'. Choose one of: {', '.join(classes)}.")
         return classes[name].from_config(self._base.scheduler_config)
 
     def _denoise(
         self,
         r: GenerationRequest,
-        inputs: dict[str, Any],
+        p: Prepared,
         on_step: Callable[[StepInfo], None] | None,
         should_cancel: Callable[[], bool] | None,
         started: float,
     ) -> torch.Tensor:
-        from diffusers.image_processor import VaeImageProcessor
-        from diffusers.utils.torch_utils import randn_tensor
-
         base = self._base
-        device, dtype = self.device, self.dtype
-        unet, vae = base.unet, base.vae
+        unet = base.unet
         n = r.num_images
         cfg = r.guidance > 1.0
-        width, height = inputs["size"]
         generator = torch.Generator("cpu").manual_seed(r.seed)
 
         prompt = self._encode_text(r.prompt).repeat(n, 1, 1)
@@ -499,14 +434,14 @@ class Engine:
         if self._adapter is not None:
             ctx = self._adapter.installed.context
             self._adapter.installed.set_scale(r.scale)
-            if inputs["refs"]:
-                tokens, bias, strength = self._image_tokens(inputs["refs"], inputs["weights"], n, cfg)
+            if p.references:
+                tokens, bias, strength = self._image_tokens(list(p.references), list(p.weights), n, cfg)
                 ctx.set_tokens(tokens, bias, strength)
             else:
                 ctx.clear()
 
         scheduler = self._make_scheduler(r.scheduler)
-        scheduler.set_timesteps(r.steps, device=device)
+        scheduler.set_timesteps(r.steps, device=self.device)
         timesteps = scheduler.timesteps
         if r.init is not None:
             init_timestep = min(int(r.steps * r.init.strength), r.steps)
@@ -517,34 +452,10 @@ class Engine:
             if len(timesteps) == 0:
                 raise RequestError("Strength is too low for this number of steps: no step would run.")
 
-        image_proc = VaeImageProcessor(vae_scale_factor=base.vae_scale_factor)
-        shape = (
-            n,
-            vae.config.latent_channels,
-            height // base.vae_scale_factor,
-            width // base.vae_scale_factor,
-        )
-
-        def encode(pixels: torch.Tensor) -> torch.Tensor:
-            dist = vae.encode(pixels.to(device, dtype)).latent_dist
-            return vae.config.scaling_factor * dist.sample(generator)
-
-        mask_latents = masked_latents = image_latents = noise = None
         with torch.no_grad():
-            if r.init is None:
-                latents = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
-                latents = latents * scheduler.init_noise_sigma
-            elif r.mask is None:
-                init = image_proc.preprocess(inputs["init"]).to(torch.float32)
-                image_latents = encode(init).repeat(n, 1, 1, 1)
-                noise = randn_tensor(image_latents.shape, generator=generator, device=device, dtype=dtype)
-                latents = scheduler.add_noise(image_latents, noise, timesteps[:1].repeat(n))
-            else:
-                latents, noise, image_latents, mask_latents, masked_latents = self._inpaint_latents(
-                    r, inputs, image_proc, encode, scheduler, timesteps, shape, generator, cfg
-                )
-
-            controls = self._prepare_controls(r, inputs, width, height, n, cfg)
+            start = self._start_latents(r, p, scheduler, timesteps, generator, cfg)
+            latents = start.latents
+            controls = self._prepare_controls(r, p, n, cfg)
             extra = {}
             step_params = set(inspect.signature(scheduler.step).parameters)
             if "eta" in step_params:
@@ -553,16 +464,15 @@ class Engine:
                 extra["generator"] = generator
 
             total = len(timesteps)
-            nine_channel = unet.config.in_channels == 9
             for i, t in enumerate(timesteps):
                 if should_cancel is not None and should_cancel():
                     raise Cancelled("Generation cancelled.")
                 model_in = torch.cat([latents] * 2) if cfg else latents
                 model_in = scheduler.scale_model_input(model_in, t)
                 down, mid = self._control_residuals(controls, model_in, t, prompt, i, total)
-                unet_in = (
-                    torch.cat([model_in, mask_latents, masked_latents], dim=1) if nine_channel else model_in
-                )
+                unet_in = model_in
+                if start.condition is not None:  # 9-channel inpainting UNet: mask and masked picture
+                    unet_in = torch.cat([model_in, *start.condition], dim=1)
                 noise_pred = unet(
                     unet_in,
                     t,
@@ -575,12 +485,11 @@ class Engine:
                     uncond, text = noise_pred.chunk(2)
                     noise_pred = uncond + r.guidance * (text - uncond)
                 latents = scheduler.step(noise_pred, t, latents, **extra, return_dict=False)[0]
-                if r.mask is not None and not nine_channel:
+                if start.keep is not None:
                     # Ordinary UNet inpainting: re-impose the (re-noised) original outside the mask.
-                    keep = image_latents
+                    keep, noise, m = start.keep
                     if i < total - 1:
                         keep = scheduler.add_noise(keep, noise, torch.tensor([timesteps[i + 1]]))
-                    m = mask_latents.chunk(2)[0] if cfg else mask_latents
                     latents = (1 - m) * keep + m * latents
                 if on_step is not None:
                     on_step(
@@ -588,23 +497,64 @@ class Engine:
                     )
         return latents
 
-    def _inpaint_latents(self, r, inputs, image_proc, encode, scheduler, timesteps, shape, generator, cfg):
+    def _start_latents(
+        self,
+        r: GenerationRequest,
+        p: Prepared,
+        scheduler: Any,
+        timesteps: torch.Tensor,
+        generator: torch.Generator,
+        cfg: bool,
+    ) -> _StartLatents:
+        """The first latents of the loop, and what the mode adds to every step."""
         from diffusers.image_processor import VaeImageProcessor
         from diffusers.utils.torch_utils import randn_tensor
 
         base = self._base
         device, dtype = self.device, self.dtype
+        vae = base.vae
         n = r.num_images
-        width, height = inputs["size"]
-        nine_channel = base.unet.config.in_channels == 9
-        strength_max = r.init.strength == 1.0
-        init = image_proc.preprocess(inputs["init"], height=height, width=width).to(torch.float32)
+        width, height = p.size
+        shape = (
+            n,
+            vae.config.latent_channels,
+            height // base.vae_scale_factor,
+            width // base.vae_scale_factor,
+        )
+        image_proc = VaeImageProcessor(vae_scale_factor=base.vae_scale_factor)
+
+        def encode(pixels: torch.Tensor) -> torch.Tensor:
+            dist = vae.encode(pixels.to(device, dtype)).latent_dist
+            return vae.config.scaling_factor * dist.sample(generator)
+
+        nine_channel = base.is_inpainting
+        if p.mask is None and not nine_channel:
+            if p.start is None:
+                latents = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
+                return _StartLatents(latents * scheduler.init_noise_sigma)
+            init = image_proc.preprocess(p.start.work).to(torch.float32)
+            image_latents = encode(init).repeat(n, 1, 1, 1)
+            noise = randn_tensor(image_latents.shape, generator=generator, device=device, dtype=dtype)
+            return _StartLatents(scheduler.add_noise(image_latents, noise, timesteps[:1].repeat(n)))
+
+        if p.mask is None:
+            # A 9-channel inpainting UNet always reads a mask and a masked picture. Without a mask it
+            # repaints everything: an all-white mask over the start picture (or over nothing, for a
+            # new picture, since a full mask blanks the picture anyway), as A1111 conditions
+            # inpainting models for txt2img and img2img. This is diffusers' inpainting pipeline
+            # with an all-white mask.
+            picture = p.start.work if p.start is not None else Image.new("RGB", p.size)
+            mask_image = Image.new("L", p.size, 255)
+        else:
+            picture, mask_image = p.start.work, p.mask.work
+        strength = r.init.strength if r.init is not None else 1.0
+        init = image_proc.preprocess(picture, height=height, width=width).to(torch.float32)
         image_latents = None
         # Random draws in diffusers' order: image latents (if needed), noise, masked-image latents.
-        if not nine_channel or not strength_max:
+        if not nine_channel or strength < 1.0:
             image_latents = encode(init).repeat(n, 1, 1, 1)
         noise = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
-        if strength_max:
+        if strength == 1.0:
             latents = noise * scheduler.init_noise_sigma
         else:
             latents = scheduler.add_noise(image_latents, noise, timesteps[:1].repeat(n))
@@ -614,25 +564,30 @@ class Engine:
             do_binarize=True,
             do_convert_grayscale=True,
         )
-        mask = mask_proc.preprocess(inputs["mask"], height=height, width=width)
+        mask = mask_proc.preprocess(mask_image, height=height, width=width)
         masked_image = init * (mask < 0.5)
         mask = torch.nn.functional.interpolate(mask, size=shape[2:]).to(device, dtype)
-        masked_latents = encode(masked_image)
         mask = mask.repeat(n, 1, 1, 1)
-        masked_latents = masked_latents.repeat(n, 1, 1, 1)
+        # Encoded for ordinary UNets too: diffusers does, and the draw moves the generator that
+        # ancestral schedulers use later.
+        masked_latents = encode(masked_image).repeat(n, 1, 1, 1)
+        if not nine_channel:
+            return _StartLatents(latents, keep=(image_latents, noise, mask))
         if cfg:
-            mask = torch.cat([mask] * 2)
-            masked_latents = torch.cat([masked_latents] * 2)
-        return latents, noise, image_latents, mask, masked_latents
+            mask, masked_latents = torch.cat([mask] * 2), torch.cat([masked_latents] * 2)
+        return _StartLatents(latents, condition=(mask, masked_latents))
 
-    def _prepare_controls(self, r, inputs, width, height, n, cfg) -> list[tuple[Any, torch.Tensor, Any]]:
+    def _prepare_controls(
+        self, r: GenerationRequest, p: Prepared, n: int, cfg: bool
+    ) -> list[tuple[Any, torch.Tensor, Any]]:
         from diffusers.image_processor import VaeImageProcessor
 
+        width, height = p.size
         proc = VaeImageProcessor(
             vae_scale_factor=self._base.vae_scale_factor, do_convert_rgb=True, do_normalize=False
         )
         out = []
-        for spec, image in zip(r.controls, inputs["controls"], strict=True):
+        for spec, image in zip(r.controls, p.controls, strict=True):
             cond = proc.preprocess(image, height=height, width=width).to(torch.float32)
             cond = cond.repeat_interleave(n, dim=0).to(self.device, self.dtype)
             if cfg:

@@ -1,0 +1,210 @@
+"""Checking a request and reading its inputs, before any model work starts.
+
+Two steps, both cheap and both before a weight file is opened:
+
+- ``check_request`` looks only at the numbers and names in a request: every setting is range-checked
+  with a message that names it, so a typo (``--guidance 1e308``, a NaN from a script, a 100 000-pixel
+  width) is refused in words instead of producing a black picture or exhausting memory later.
+- ``prepare`` reads every image the request names and returns a ``Prepared``: the pictures at the
+  size the UNet will work at, with what each mode needs spelled out as fields, so the denoising loop
+  reads typed values rather than string keys.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import numbers
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from PIL import Image
+
+from ipa_studio.core import compose
+from ipa_studio.core.errors import RequestError
+from ipa_studio.core.images import load_image, load_mask
+from ipa_studio.core.request import SCHEDULERS, GenerationRequest
+
+# Ranges a request may use. They are wider than the window's controls (which stay where pictures are
+# good) and narrow enough that nothing outside them can do more than waste a run or memory.
+MAX_STEPS = 1000  # the SD1.5 schedulers have 1000 training timesteps: more steps cannot exist
+MAX_GUIDANCE = 100.0
+MAX_SCALE = 2.0  # λ: 1 follows the references fully; above 2 the image branch only burns
+MAX_WEIGHT = 2.0
+MAX_CONTROL_SCALE = 2.0
+MAX_SIDE = 4096  # per side of the picture the UNet works on
+MAX_IMAGES = 16  # pictures in one job; they run as one batch
+MAX_SEED = 2**64 - 1  # what torch.Generator.manual_seed accepts
+MAX_MASK_PADDING = 4096
+MAX_MASK_BLUR = 256
+
+
+@dataclass(frozen=True)
+class Start:
+    """The picture img2img and inpainting start from: as given, and at the working size."""
+
+    original: Image.Image
+    work: Image.Image
+
+
+@dataclass(frozen=True)
+class Mask:
+    """The inpainting mask (white = repaint) at the picture's own size and at the working size."""
+
+    original: Image.Image
+    work: Image.Image
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """Everything a generation reads from disk or memory, decoded and checked.
+
+    txt2img needs only ``references`` and ``size``; img2img adds ``start``; inpainting adds ``mask``
+    (always together with ``start``); ControlNet adds ``controls`` (one map per ``request.controls``).
+    With "masked area only", ``crop`` is the box of the original picture that is being repainted,
+    and ``start`` / ``mask`` / ``controls`` / ``size`` describe that box scaled to the request's size.
+    """
+
+    references: tuple[Image.Image, ...]
+    weights: tuple[float, ...]
+    """One per reference in ``references``; references at weight 0 are left out of both."""
+    original_size: tuple[int, int]
+    """The size the finished picture is handed back at."""
+    size: tuple[int, int]
+    """The size the UNet works at (multiples of 8)."""
+    start: Start | None = None
+    mask: Mask | None = None
+    controls: tuple[Image.Image, ...] = ()
+    crop: tuple[int, int, int, int] | None = None
+    notices: tuple[str, ...] = field(default_factory=tuple)
+    """Things the user should know that did not stop the job (e.g. a mask that was scaled)."""
+
+    def replace(self, **changes) -> Prepared:
+        return dataclasses.replace(self, **changes)
+
+
+# ----------------------------------------------------------------------------- numbers
+
+
+def _number(value: object, what: str, low: float, high: float, *, low_open: bool = False) -> float:
+    """``value`` as a float in [low, high] (in (low, high] with ``low_open``), else a RequestError
+    that names ``what``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise RequestError(f"{what} must be a number (got {value!r}).")
+    number = float(value)
+    if not math.isfinite(number):
+        raise RequestError(f"{what} must be a finite number (got {value!r}).")
+    if low_open and not low < number <= high:
+        raise RequestError(f"{what} must be above {low:g} and at most {high:g} (got {value!r}).")
+    if not low <= number <= high:
+        raise RequestError(f"{what} must be from {low:g} to {high:g} (got {value!r}).")
+    return number
+
+
+def _whole(value: object, what: str, low: int, high: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise RequestError(f"{what} must be a whole number (got {value!r}).")
+    if not low <= value <= high:
+        raise RequestError(f"{what} must be from {low} to {high} (got {value}).")
+    return int(value)
+
+
+def check_scale(scale: object) -> None:
+    """λ: one number, or a mapping from UNet block prefix to a number."""
+    if isinstance(scale, Mapping):
+        if not scale:
+            raise RequestError("Per-block λ needs at least one block.")
+        for name, value in scale.items():
+            if not isinstance(name, str) or not name.strip():
+                raise RequestError(f"A per-block λ entry has no block name ({name!r}).")
+            _number(value, f"λ for '{name}'", 0.0, MAX_SCALE)
+    else:
+        _number(scale, "λ (image strength)", 0.0, MAX_SCALE)
+
+
+def check_request(r: GenerationRequest) -> None:
+    """Refuse any setting out of range, in words that name it. Reads no file."""
+    _whole(r.steps, "Steps", 1, MAX_STEPS)
+    _number(r.guidance, "Guidance", 0.0, MAX_GUIDANCE)
+    _whole(r.seed, "Seed", 0, MAX_SEED)
+    _whole(r.num_images, "The number of images", 1, MAX_IMAGES)
+    # Without a start picture the request's size is the picture's size; with one it matters only
+    # for "masked area only", which generates at the request's size.
+    if r.init is None or (r.mask is not None and r.mask.only_masked):
+        _whole(r.width, "Width", compose.MIN_SIDE, MAX_SIDE)
+        _whole(r.height, "Height", compose.MIN_SIDE, MAX_SIDE)
+    if r.scheduler not in SCHEDULERS:
+        raise RequestError(f"Unknown scheduler '{r.scheduler}'. Choose one of: {', '.join(SCHEDULERS)}.")
+    check_scale(r.scale)
+    for i, ref in enumerate(r.references, 1):
+        _number(ref.weight, f"The weight of reference image {i}", 0.0, MAX_WEIGHT)
+    if r.references and r.models.adapter is None:
+        raise RequestError("Reference images need an IP-Adapter: choose an adapter file.")
+    if r.init is not None:
+        _number(r.init.strength, "Strength", 0.0, 1.0, low_open=True)
+    if r.mask is not None:
+        if r.init is None:
+            raise RequestError("Inpainting needs an init image under the mask.")
+        _whole(r.mask.padding, "Mask padding", 0, MAX_MASK_PADDING)
+        _whole(r.mask.blur, "Mask edge blend", 0, MAX_MASK_BLUR)
+    for i, c in enumerate(r.controls, 1):
+        _number(c.scale, f"The strength of control {i}", 0.0, MAX_CONTROL_SCALE)
+        _number(c.start, f"The start of control {i}", 0.0, 1.0)
+        _number(c.end, f"The end of control {i}", 0.0, 1.0)
+        if not c.start < c.end:
+            raise RequestError(f"Control {i}'s start must be below its end, both between 0 and 1.")
+
+
+# ----------------------------------------------------------------------------- pictures
+
+
+def prepare(r: GenerationRequest) -> Prepared:
+    """Check the request, then read and size every picture it names (no model is touched)."""
+    check_request(r)
+    # A reference at weight 0 contributes nothing; leaving it out also skips its encoder call.
+    used = [ref for ref in r.references if ref.weight > 0]
+    references = tuple(load_image(ref.image, what="reference image") for ref in used)
+    weights = tuple(float(ref.weight) for ref in used)
+    notices: list[str] = []
+    start_image = load_image(r.init.image, what="init image") if r.init is not None else None
+    original = start_image.size if start_image is not None else (r.width, r.height)
+    if min(original) < compose.MIN_SIDE:
+        raise RequestError(
+            f"The image must be at least {compose.MIN_SIDE} pixels a side (got {original[0]}×{original[1]})."
+        )
+    if max(original) > MAX_SIDE and not (r.mask is not None and r.mask.only_masked):
+        raise RequestError(
+            f"The start picture is {original[0]}×{original[1]}; pictures can be at most {MAX_SIDE} pixels "
+            "a side. Scale it down first, or inpaint with 'masked area only'."
+        )
+    # The UNet needs multiples of 8: work at the nearest such size, hand back the original size.
+    size = compose.work_size(original)
+    start = mask = None
+    if start_image is not None:
+        start = Start(start_image, _resized(start_image, size, Image.Resampling.LANCZOS))
+    if r.mask is not None:
+        mask_image, notice = compose.fit_mask(load_mask(r.mask.image), original)
+        if notice:
+            notices.append(notice)
+        mask = Mask(mask_image, _resized(mask_image, size, Image.Resampling.BILINEAR))
+    controls = tuple(load_image(c.image, what="control image") for c in r.controls)
+    prepared = Prepared(references, weights, original, size, start, mask, controls, notices=tuple(notices))
+    if r.mask is not None and r.mask.only_masked:
+        prepared = crop_to_mask(r, prepared)
+    return prepared
+
+
+def _resized(image: Image.Image, size: tuple[int, int], resample: Image.Resampling) -> Image.Image:
+    return image if image.size == size else image.resize(size, resample)
+
+
+def crop_to_mask(r: GenerationRequest, p: Prepared) -> Prepared:
+    """ "Masked area only": the mask's surroundings, scaled up to the request's full size."""
+    assert p.start is not None and p.mask is not None and r.mask is not None
+    target = compose.work_size((r.width, r.height))
+    box = compose.crop_box(p.mask.original, r.mask.padding, target[0] / target[1])
+    start = Start(p.start.original, p.start.original.crop(box).resize(target, Image.Resampling.LANCZOS))
+    mask = Mask(p.mask.original, p.mask.original.crop(box).resize(target, Image.Resampling.BILINEAR))
+    # Control maps drawn for the whole picture must follow the same crop.
+    controls = tuple(c.crop(box) if c.size == p.start.original.size else c for c in p.controls)
+    return p.replace(start=start, mask=mask, controls=controls, size=target, crop=box)
