@@ -152,11 +152,8 @@ def find_image_encoder(adapter: Path) -> Path:
 def request_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> GenerationRequest:
     if args.mask is not None and args.init is None:
         parser.error("--mask needs --init (the image to inpaint)")
-    encoder = args.image_encoder
-    if encoder is None and args.adapter is not None:
-        encoder = find_image_encoder(args.adapter)
-    return GenerationRequest(
-        models=ModelSpec(args.model, args.adapter, encoder),
+    request = GenerationRequest(
+        models=ModelSpec(args.model, args.adapter, args.image_encoder),
         references=tuple(args.ref),
         prompt=args.prompt,
         negative_prompt=args.negative,
@@ -172,6 +169,14 @@ def request_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser)
         mask=MaskSpec(args.mask, args.masked_only, args.mask_padding, args.mask_blur) if args.mask else None,
         controls=_controls(args, parser),
     )
+    from ipa_studio.core.prepare import check_request
+
+    # Every number is checked before anything is looked up or loaded.
+    check_request(request)
+    if args.image_encoder is None and args.adapter is not None:
+        encoder = find_image_encoder(args.adapter)
+        request = request.replace(models=ModelSpec(args.model, args.adapter, encoder))
+    return request
 
 
 def output_paths(out: Path, count: int) -> list[Path]:
