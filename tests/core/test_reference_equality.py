@@ -266,3 +266,38 @@ def test_per_block_scale_matches_diffusers(
         refs=[images["ref"]],
     )
     assert (ours - theirs).abs().max().item() <= TOL
+
+
+@pytest.mark.parametrize("start", ["new picture", "img2img"])
+def test_inpainting_model_without_mask_matches_diffusers_full_mask(
+    start, engine, images, reference_pipes, tiny_adapters, tiny_sd15_inpaint, tiny_image_encoder
+):
+    """A 9-channel model with no mask repaints everything: diffusers' inpainting pipeline with an
+    all-white mask (a new picture is strength 1 over any picture, which the full mask blanks)."""
+    from PIL import Image
+
+    adapter = tiny_adapters[("global", "safetensors")]
+    spec = ModelSpec(tiny_sd15_inpaint, adapter, tiny_image_encoder)
+    req = _request("txt2img", spec, images, prompt="a boat", scale=0.7, refs=[images["ref"]])
+    strength = 1.0
+    if start == "img2img":
+        strength = 0.6
+        req = req.replace(init=InitImage(images["init"], strength))
+    ours = engine.generate(req).latents
+    pipe = reference_pipes("inpaint", adapter)
+    pipe.set_ip_adapter_scale(0.7)
+    with torch.no_grad():
+        theirs = pipe(
+            prompt="a boat",
+            image=images["init"] if start == "img2img" else Image.new("RGB", (64, 64), (200, 30, 90)),
+            mask_image=Image.new("L", (64, 64), 255),
+            strength=strength,
+            height=64,
+            width=64,
+            ip_adapter_image=images["ref"],
+            num_inference_steps=STEPS,
+            guidance_scale=7.5,
+            generator=torch.Generator("cpu").manual_seed(SEED),
+            output_type="latent",
+        ).images
+    assert (ours - theirs).abs().max().item() <= TOL
