@@ -72,11 +72,11 @@ def parse_window(text: str) -> tuple[float, float]:
 
 
 def parse_view(text: str) -> EncoderView:
-    """``crop`` (centre), ``crop:LEFT,TOP,SIDE`` (a square of the picture), ``pad`` or ``tile``."""
+    """``centre``, ``crop:LEFT,TOP,SIDE`` (a square of the picture), ``pad`` or ``tile``."""
     fit, sep, box = text.partition(":")
-    if fit not in ENCODER_FITS or (sep and fit != "crop"):
+    if fit not in ENCODER_FITS or (sep != "") != (fit == "crop"):
         raise argparse.ArgumentTypeError(
-            f"'{text}' is not a view: give crop, crop:LEFT,TOP,SIDE, pad or tile"
+            f"'{text}' is not a view: give centre, crop:LEFT,TOP,SIDE, pad or tile"
         )
     if not sep:
         return EncoderView(fit)  # type: ignore[arg-type]
@@ -180,7 +180,7 @@ def add_request_arguments(g: argparse.ArgumentParser) -> None:
         default=[],
         type=parse_view,
         metavar="VIEW",
-        help="what the image encoder sees: crop (centre, default), crop:LEFT,TOP,SIDE, pad or tile",
+        help="what the image encoder sees: centre (default), crop:LEFT,TOP,SIDE, pad or tile",
     )
     i.add_argument("--negative-image", type=Path, help="a picture the result should move away from")
     i.add_argument(

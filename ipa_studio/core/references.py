@@ -86,6 +86,8 @@ def check_view(view: EncoderView, picture_size: tuple[int, int] | None = None, *
             f"Unknown encoder view '{view.fit}' for {what}. Choose one of: {', '.join(ENCODER_FITS)}."
         )
     if view.box is None:
+        if view.fit == "crop":
+            raise RequestError(f"The 'crop' view of {what} needs its square (left, top, side).")
         return
     if view.fit != "crop":
         raise RequestError(f"A crop square for {what} only goes with the 'crop' view (not '{view.fit}').")
@@ -124,7 +126,7 @@ def tile_boxes(size: tuple[int, int]) -> list[tuple[int, int, int, int]]:
 def encoder_inputs(image: ImageSource, view: EncoderView | None = None, size: int = 224) -> list[Image.Image]:
     """The exact ``size``×``size`` RGB squares the image encoder receives for this reference.
 
-    One square for "crop" and "pad", one per tile for "tile". The engine normalises these and
+    One square for "centre", "crop" and "pad", one per tile for "tile". The engine normalises these and
     nothing else, so a card showing them shows exactly what the encoder gets.
     """
     picture = load_image(image)

@@ -29,22 +29,22 @@ entry (0 when absent) covers layers no prefix matches.
 """
 
 
-EncoderFit = Literal["crop", "pad", "tile"]
-ENCODER_FITS: tuple[str, ...] = ("crop", "pad", "tile")
+EncoderFit = Literal["centre", "crop", "pad", "tile"]
+ENCODER_FITS: tuple[str, ...] = ("centre", "crop", "pad", "tile")
 
 
 @dataclass(frozen=True)
 class EncoderView:
     """What part of a reference the image encoder sees (its input is one square, e.g. 224×224).
 
-    ``"crop"``: a square of the picture, ``box`` = (left, top, side) in the picture's pixels; no box
-    is the centre square that CLIP's own preprocessing cuts (today's default, bit for bit).
+    ``"centre"``: the centre square that CLIP's own preprocessing cuts (the default, bit for bit).
+    ``"crop"``: a square of the picture, ``box`` = (left, top, side) in the picture's pixels.
     ``"pad"``: the whole picture on a black square (nothing cut, the subject smaller).
     ``"tile"``: the whole picture as up to four overlapping squares along its long side, each
     encoded; their tokens join as one reference (nothing cut, nothing shrunk).
     """
 
-    fit: EncoderFit = "crop"
+    fit: EncoderFit = "centre"
     box: tuple[int, int, int] | None = None
 
 
