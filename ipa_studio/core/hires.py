@@ -113,9 +113,10 @@ def run(
 ) -> GenerationResult:
     """Both passes of ``request`` as one job; progress counts the steps of both."""
     from ipa_studio.core.engine import GenerationResult, StepInfo
-    from ipa_studio.core.prepare import prepare
+    from ipa_studio.core.prepare import check_request, prepare
 
     assert request.hires is not None
+    check_request(request)
     first = request.replace(hires=None)
     # Refuse a too-large second pass before the first one runs.
     target = upscaled_size(prepare(first).original_size, request.hires.scale)
