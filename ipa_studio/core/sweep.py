@@ -225,11 +225,21 @@ _DIM = (150, 150, 160)
 _MARK = (255, 196, 0)
 
 
-def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+# Fonts with Greek letters on Linux, Windows and macOS; Pillow's own font has no λ.
+_FONTS = ("DejaVuSans.ttf", "arial.ttf", "Arial.ttf", "Helvetica.ttc", "Arial Unicode.ttf")
+
+
+def _font(size: int) -> tuple[ImageFont.ImageFont | ImageFont.FreeTypeFont, str]:
+    """A font at ``size`` and how to write λ with it ("λ", or "lambda" where it has no Greek)."""
+    for name in _FONTS:
+        try:
+            return ImageFont.truetype(name, size), "λ"
+        except OSError:
+            continue
     try:
-        return ImageFont.load_default(size=size)
+        return ImageFont.load_default(size=size), "lambda"
     except (TypeError, OSError):  # Pillow without FreeType: the small bitmap font
-        return ImageFont.load_default()
+        return ImageFont.load_default(), "lambda"
 
 
 def contact_sheet(result: SweepResult, thumb: int = 256) -> Image.Image:
@@ -239,16 +249,16 @@ def contact_sheet(result: SweepResult, thumb: int = 256) -> Image.Image:
     rows = len(result.presets)
     label_w = 170 if any(result.presets) else 0
     pad, caption = 12, 46
-    title_h = 40
+    title_h = 44
     cell_w, cell_h = thumb + pad, thumb + caption + pad
     sheet = Image.new("RGB", (label_w + pad + columns * cell_w, title_h + rows * cell_h + pad), _BACKGROUND)
     draw = ImageDraw.Draw(sheet)
-    big, small = _font(max(12, thumb // 14)), _font(max(11, thumb // 18))
+    (big, lam), (small, _) = _font(max(12, thumb // 14)), _font(max(11, thumb // 18))
     best = result.cells[result.balance]
     title = (
-        f"λ sweep · seed {result.request.seed} · balance: λ {best.strength:g}"
+        f"{lam} sweep, seed {result.request.seed}. Balance point: {lam} {best.strength:g}"
         + (f" ({best.preset})" if best.preset else "")
-        + f" · CLIP-I {best.clip_i:.3f} · CLIP-T {best.clip_t:.3f}"
+        + f", CLIP-I {best.clip_i:.3f}, CLIP-T {best.clip_t:.3f}"
     )
     draw.text((pad, 12), title, fill=_TEXT, font=big)
     for index, cell in enumerate(result.cells):
@@ -260,13 +270,13 @@ def contact_sheet(result: SweepResult, thumb: int = 256) -> Image.Image:
         marked = index == result.balance
         if marked:
             draw.rectangle((x - 4, y - 4, x + thumb + 3, y + thumb + 3), outline=_MARK, width=4)
-        line1 = f"λ {cell.strength:g}" + ("   ★ balance" if marked else "")
+        line1 = f"{lam} {cell.strength:g}" + ("   balance point" if marked else "")
         line2 = f"CLIP-I {cell.clip_i:.3f}   CLIP-T {cell.clip_t:.3f}"
         draw.text((x, y + thumb + 6), line1, fill=_MARK if marked else _TEXT, font=small)
         draw.text((x, y + thumb + 6 + caption // 2), line2, fill=_TEXT if marked else _DIM, font=small)
     if label_w:
         for row, name in enumerate(result.presets):
-            draw.text((pad, title_h + row * cell_h + thumb // 2), name or "λ", fill=_TEXT, font=big)
+            draw.text((pad, title_h + row * cell_h + thumb // 2), name or lam, fill=_TEXT, font=big)
     return sheet
 
 
