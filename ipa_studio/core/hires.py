@@ -121,6 +121,11 @@ def run(
     # Refuse a too-large second pass before the first one runs.
     target = upscaled_size(prepare(first).original_size, request.hires.scale)
     per_image = planned_steps(second_pass_request(request, Image.new("RGB", target)))
+    if per_image == 0:
+        raise RequestError(
+            "The second pass's strength is too low for its steps: no step would run. Raise its "
+            "strength or its steps."
+        )
     total = planned_steps(first) + request.num_images * per_image
     done = 0
 

@@ -107,6 +107,8 @@ def test_second_pass_is_refused_clearly(engine, tiny_sd15, tiny_adapters, tiny_i
         engine.generate(req.replace(hires=HiresSpec(upscaler="esrgan")))
     with pytest.raises(RequestError, match="upscale factor"):
         engine.generate(req.replace(hires=HiresSpec(scale=9)))
+    with pytest.raises(RequestError, match="second pass's strength is too low"):
+        engine.generate(req.replace(hires=HiresSpec(strength=0.2, steps=3)))
     with pytest.raises(RequestError, match="at most 4096"):
         engine.generate(req.replace(width=2048, height=2048, hires=HiresSpec(scale=3)))
 
