@@ -15,7 +15,6 @@ from pathlib import Path
 import pytest
 import torch
 from PIL import Image
-from transformers import CLIPConfig, CLIPModel
 
 from ipa_studio.cli import main
 from ipa_studio.core import hires
@@ -219,37 +218,6 @@ def test_user_presets_save_reload_and_refuse_bad_ones(tmp_path: Path):
 
 
 # ------------------------------------------------------------------------------- sweep
-
-
-@pytest.fixture(scope="module")
-def tiny_clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A random transformers CLIPModel folder, as tests/core/test_evaluate.py builds it."""
-    folder = tmp_path_factory.mktemp("clip") / "tiny-clip"
-    torch.manual_seed(6)
-    config = CLIPConfig(
-        text_config=dict(
-            hidden_size=32,
-            intermediate_size=37,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            vocab_size=49408,
-            max_position_embeddings=77,
-            bos_token_id=49406,
-            eos_token_id=49407,
-            pad_token_id=49407,
-        ),
-        vision_config=dict(
-            hidden_size=32,
-            intermediate_size=37,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            image_size=32,
-            patch_size=8,
-        ),
-        projection_dim=16,
-    )
-    CLIPModel(config).save_pretrained(folder)
-    return folder
 
 
 def test_balance_point_rule():

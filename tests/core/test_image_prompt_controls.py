@@ -456,3 +456,31 @@ def test_img2img_with_window_mask_and_negative_runs(
     )
     result = engine.generate(req)
     assert torch.isfinite(result.latents).all() and result.images[0].size == (64, 64)
+
+
+def test_region_masks_follow_the_masked_area_crop_and_are_scaled_with_a_notice(pictures):
+    from ipa_studio.core.models.tiny import make_mask as mask_of
+    from ipa_studio.core.prepare import prepare
+    from ipa_studio.core.request import MaskSpec
+
+    picture = make_reference_image(41, (128, 128))
+    region = mask_of((128, 128), (0, 0, 64, 128))
+    req = GenerationRequest(
+        models=ModelSpec("unused", "unused.safetensors", "unused"),
+        references=(Reference(pictures["a"], mask=region),),
+        init=InitImage(picture, 0.8),
+        mask=MaskSpec(mask_of((128, 128), (40, 40, 80, 80)), only_masked=True, padding=8),
+        width=64,
+        height=64,
+    )
+    p = prepare(req)
+    box = p.crop
+    expected = region.crop(box).resize((64, 64), Image.Resampling.BILINEAR)
+    assert np.array_equal(np.asarray(p.references[0].region.work), np.asarray(expected))
+    # A region painted at half size (same shape) is scaled to the picture, and the user is told.
+    small = req.replace(
+        mask=None, references=(Reference(pictures["a"], mask=mask_of((64, 64), (0, 0, 32, 64))),)
+    )
+    q = prepare(small)
+    assert q.references[0].region.original.size == (128, 128)
+    assert any("mask of reference image 1 (64×64) was scaled" in n for n in q.notices)
