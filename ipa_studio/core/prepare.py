@@ -23,6 +23,7 @@ from PIL import Image
 from ipa_studio.core import compose
 from ipa_studio.core.errors import RequestError
 from ipa_studio.core.images import load_image, load_mask
+from ipa_studio.core.references import check_view
 from ipa_studio.core.request import SCHEDULERS, EncoderView, GenerationRequest
 
 # Ranges a request may use. They are wider than the window's controls (which stay where pictures are
@@ -177,8 +178,6 @@ def check_request(r: GenerationRequest) -> None:
 
 def check_image_prompt(r: GenerationRequest) -> None:
     """The image-prompt controls: step windows, encoder views, negative image, second pass."""
-    from ipa_studio.core.references import check_view
-
     for i, ref in enumerate(r.references, 1):
         _number(ref.start, f"The start of reference image {i}", 0.0, 1.0)
         _number(ref.end, f"The end of reference image {i}", 0.0, 1.0)
@@ -210,8 +209,6 @@ def check_image_prompt(r: GenerationRequest) -> None:
 
 def prepare(r: GenerationRequest) -> Prepared:
     """Check the request, then read and size every picture it names (no model is touched)."""
-    from ipa_studio.core.references import check_view
-
     check_request(r)
     # A reference at weight 0 contributes nothing; leaving it out also skips its encoder call.
     used = [ref for ref in r.references if ref.weight > 0]
