@@ -89,3 +89,37 @@ def reference_images() -> list[Image.Image]:
         make_reference_image(1, size=(64, 64)),
         make_reference_image(2, size=(40, 90)),
     ]
+
+
+@pytest.fixture(scope="session")
+def tiny_clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random transformers CLIPModel folder (config + weights only, like many local copies), for the
+    CLIP-I / CLIP-T scores of evaluations and sweeps."""
+    from transformers import CLIPConfig, CLIPModel
+
+    folder = tmp_path_factory.mktemp("clip") / "tiny-clip"
+    torch.manual_seed(5)
+    config = CLIPConfig(
+        text_config=dict(
+            hidden_size=32,
+            intermediate_size=37,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            vocab_size=49408,
+            max_position_embeddings=77,
+            bos_token_id=49406,
+            eos_token_id=49407,
+            pad_token_id=49407,
+        ),
+        vision_config=dict(
+            hidden_size=32,
+            intermediate_size=37,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            image_size=32,
+            patch_size=8,
+        ),
+        projection_dim=16,
+    )
+    CLIPModel(config).save_pretrained(folder)
+    return folder

@@ -158,3 +158,93 @@ def test_image_encoder_found_beside_adapter(tiny_sd15, tiny_adapters, tiny_image
     monkeypatch.setenv("IPA_STUDIO_MODELS", str(files["dir"] / "empty-library"))
     shutil.rmtree(repo / "image_encoder")
     assert main(args) == 2
+
+
+# --- image-prompt controls ---------------------------------------------------------------------
+
+
+def test_generate_with_every_image_prompt_control_restores_them(
+    tiny_sd15, tiny_adapters, tiny_image_encoder, files, capsys
+):
+    from ipa_studio.core.metadata import request_from_metadata
+    from ipa_studio.core.presets import find_preset
+    from ipa_studio.core.references import ReferenceStore
+    from ipa_studio.core.request import EncoderView, HiresSpec, NegativeImage
+
+    negative = files["dir"] / "negative.png"
+    make_reference_image(9, (64, 64)).save(negative)
+    library = files["dir"] / "library"
+    out = files["dir"] / "controls.png"
+    args = _base_args(tiny_sd15, tiny_adapters, tiny_image_encoder, files, out)
+    args += [
+        "--ref", str(files["init"]),
+        "--ref-window", "0.2:0.9", "--ref-window", "0:0.5",
+        "--ref-mask", str(files["mask"]), "--ref-mask", "none",
+        "--ref-view", "crop:10,5,60", "--ref-view", "tile",
+        "--negative-image", str(negative), "--negative-noise", "0.3",
+        "--preset", "Composition",
+        "--hires", "1.5", "--hires-strength", "0.4", "--hires-steps", "3",
+        "--library", str(library), "--save-refs",
+    ]  # fmt: skip
+    assert main(args) == 0
+    restored = request_from_metadata(read_png_metadata(out))
+    first, second = restored.references
+    assert (first.start, first.end, first.mask, first.view) == (
+        0.2,
+        0.9,
+        str(files["mask"]),
+        EncoderView("crop", (10, 5, 60)),
+    )
+    assert (second.start, second.end, second.mask, second.view) == (0.0, 0.5, None, EncoderView("tile"))
+    assert restored.negative_image == NegativeImage(str(negative), 0.3)
+    assert restored.scale == find_preset("Composition").scale(0.6)
+    assert restored.hires == HiresSpec(1.5, 0.4, 3, "lanczos")
+    from PIL import Image
+
+    assert Image.open(out).size == (96, 96)
+    store = ReferenceStore(library)
+    assert len(store.entries()) == 2 and all(e.features == 1 for e in store.entries())
+    assert "saved reference" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--ref-window", "0.5"], "START:END"),
+        (["--ref-view", "stretch"], "not a view"),
+        (["--ref-view", "pad:1,2,3"], "not a view"),
+        (["--ref-mask", "a.png", "--ref-mask", "b.png"], "once per --ref"),
+        (["--preset", "Style", "--scale", "down_blocks=1"], "--scale as one number"),
+    ],
+)
+def test_image_prompt_flags_are_checked(
+    extra, message, tiny_sd15, tiny_adapters, tiny_image_encoder, files, capsys
+):
+    out = files["dir"] / "never.png"
+    with pytest.raises(SystemExit):
+        main(_base_args(tiny_sd15, tiny_adapters, tiny_image_encoder, files, out) + extra)
+    assert message in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_unknown_preset_is_named(tiny_sd15, tiny_adapters, tiny_image_encoder, files, capsys):
+    out = files["dir"] / "never.png"
+    assert (
+        main(_base_args(tiny_sd15, tiny_adapters, tiny_image_encoder, files, out) + ["--preset", "Nope"]) == 2
+    )
+    assert "No block preset is called 'Nope'" in capsys.readouterr().err
+
+
+def test_presets_command_lists_saves_and_deletes(tmp_path, capsys):
+    file = tmp_path / "presets.json"
+    assert main(["presets", "--file", str(file)]) == 0
+    listed = capsys.readouterr().out
+    assert "Style (built in)" in listed and "0 0 0 0 0.25 1 0 0 0 0 0 0 0 0 0 0" in listed
+    assert (
+        main(["presets", "--file", str(file), "--save", "Mine", "--weights", "up_blocks.1=0.5,default=0"])
+        == 0
+    )
+    assert main(["presets", "--file", str(file)]) == 0
+    assert "Mine (yours)" in capsys.readouterr().out
+    assert main(["presets", "--file", str(file), "--delete", "Mine"]) == 0
+    assert main(["presets", "--file", str(file), "--delete", "Style"]) == 2

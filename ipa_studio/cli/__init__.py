@@ -11,9 +11,9 @@ import sys
 from collections.abc import Sequence
 
 from ipa_studio import __version__
-from ipa_studio.cli import evaluate, generate, models, train
+from ipa_studio.cli import evaluate, generate, models, presets, sweep, train
 
-COMMANDS = [generate, train, evaluate, models]
+COMMANDS = [generate, sweep, train, evaluate, models, presets]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -8,12 +8,16 @@ import sys
 from pathlib import Path
 
 from ipa_studio.core.request import (
+    ENCODER_FITS,
     SCHEDULERS,
     ControlSpec,
+    EncoderView,
     GenerationRequest,
+    HiresSpec,
     InitImage,
     MaskSpec,
     ModelSpec,
+    NegativeImage,
     Reference,
 )
 
@@ -55,9 +59,46 @@ def parse_scale(text: str) -> float | dict[str, float]:
     return out
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    g = sub.add_parser("generate", help="generate images from reference images and/or a prompt")
-    g.set_defaults(run=run)
+def parse_window(text: str) -> tuple[float, float]:
+    """``START:END`` as fractions of the steps, e.g. ``0.2:0.8``."""
+    start, sep, end = text.partition(":")
+    try:
+        window = (float(start), float(end))
+    except ValueError:
+        window = None
+    if not sep or window is None:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a window: give START:END, e.g. 0.2:0.8")
+    return window
+
+
+def parse_view(text: str) -> EncoderView:
+    """``centre``, ``crop:LEFT,TOP,SIDE`` (a square of the picture), ``pad`` or ``tile``."""
+    fit, sep, box = text.partition(":")
+    if fit not in ENCODER_FITS or (sep != "") != (fit == "crop"):
+        raise argparse.ArgumentTypeError(
+            f"'{text}' is not a view: give centre, crop:LEFT,TOP,SIDE, pad or tile"
+        )
+    if not sep:
+        return EncoderView(fit)  # type: ignore[arg-type]
+    try:
+        left, top, side = (int(v) for v in box.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}': the crop square is LEFT,TOP,SIDE in pixels") from None
+    return EncoderView("crop", (left, top, side))
+
+
+def _per_reference(values: list, count: int, flag: str, parser: argparse.ArgumentParser) -> list:
+    """One value for every reference, one per reference, or none (the defaults)."""
+    if len(values) in (0, count):
+        return values or [None] * count
+    if len(values) == 1:
+        return values * count
+    parser.error(f"give {flag} once (for every --ref) or once per --ref ({count}), not {len(values)} times")
+    raise AssertionError  # parser.error exits
+
+
+def add_request_arguments(g: argparse.ArgumentParser) -> None:
+    """The options that describe one generation, shared by ``generate`` and ``sweep``."""
     m = g.add_argument_group("models")
     m.add_argument(
         "--model",
@@ -117,7 +158,58 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--controlnet", action="append", default=[], type=Path, help="ControlNet folder per --control"
     )
     e.add_argument("--control-scale", action="append", default=[], type=float, help="strength per --control")
-    o = g.add_argument_group("output")
+    i = g.add_argument_group("image prompt controls (once for every --ref, or once per --ref)")
+    i.add_argument(
+        "--ref-window",
+        action="append",
+        default=[],
+        type=parse_window,
+        metavar="START:END",
+        help="the part of the steps a reference acts in (fractions, like ControlNet start/end)",
+    )
+    i.add_argument(
+        "--ref-mask",
+        action="append",
+        default=[],
+        metavar="FILE|none",
+        help="where in the picture a reference acts: a mask, white = here ('none': everywhere)",
+    )
+    i.add_argument(
+        "--ref-view",
+        action="append",
+        default=[],
+        type=parse_view,
+        metavar="VIEW",
+        help="what the image encoder sees: centre (default), crop:LEFT,TOP,SIDE, pad or tile",
+    )
+    i.add_argument("--negative-image", type=Path, help="a picture the result should move away from")
+    i.add_argument(
+        "--negative-noise",
+        type=float,
+        default=0.0,
+        help="a noised unconditional image: the negative image (or each reference) faded to noise, 0-1",
+    )
+    i.add_argument(
+        "--preset",
+        help="per-block λ preset ('Style', 'Composition', …; see 'ipa-studio presets'); --scale is "
+        "then its strength",
+    )
+    i.add_argument(
+        "--library",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="DIR",
+        help="use the reference library (default folder, or DIR): saved references' features come "
+        "from disk, with no encoder call",
+    )
+    i.add_argument("--save-refs", action="store_true", help="add the --ref pictures to the library first")
+    h = g.add_argument_group("second pass (hires fix)")
+    h.add_argument("--hires", type=float, metavar="FACTOR", help="upscale by FACTOR and repaint at that size")
+    h.add_argument("--hires-strength", type=float, default=0.5, help="how much the second pass repaints")
+    h.add_argument("--hires-steps", type=int, default=0, help="steps of the second pass (0: --steps)")
+    h.add_argument("--hires-upscaler", default="lanczos", help="upscaler (built in: lanczos)")
+    o = g.add_argument_group("running")
     o.add_argument("--device", default=None, help="cuda, mps or cpu (default: best available)")
     o.add_argument(
         "--precision",
@@ -125,8 +217,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="number format (default: fp16 on CUDA, fp32 elsewhere)",
     )
-    o.add_argument("--out", type=Path, required=True, help="output PNG (numbered when --num-images > 1)")
     o.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    g = sub.add_parser("generate", help="generate images from reference images and/or a prompt")
+    g.set_defaults(run=run)
+    add_request_arguments(g)
+    g.add_argument("--out", type=Path, required=True, help="output PNG (numbered when --num-images > 1)")
 
 
 def _controls(args: argparse.Namespace, parser: argparse.ArgumentParser) -> tuple[ControlSpec, ...]:
@@ -149,15 +247,46 @@ def find_image_encoder(adapter: Path) -> Path:
     return Path(ModelLibrary().image_encoder_for(adapter).path)
 
 
+def _references(args: argparse.Namespace, parser: argparse.ArgumentParser) -> tuple[Reference, ...]:
+    count = len(args.ref)
+    if count == 0 and (args.ref_window or args.ref_mask or args.ref_view):
+        parser.error("--ref-window, --ref-mask and --ref-view describe --ref images: give --ref too")
+    windows = _per_reference(args.ref_window, count, "--ref-window", parser)
+    masks = _per_reference(args.ref_mask, count, "--ref-mask", parser)
+    views = _per_reference(args.ref_view, count, "--ref-view", parser)
+    out = []
+    for ref, window, mask, view in zip(args.ref, windows, masks, views, strict=True):
+        start, end = window or (0.0, 1.0)
+        mask = None if mask in (None, "none") else Path(mask)
+        out.append(Reference(ref.image, ref.weight, start, end, mask, view or EncoderView()))
+    return tuple(out)
+
+
+def _scale(args: argparse.Namespace, parser: argparse.ArgumentParser) -> float | dict[str, float]:
+    if args.preset is None:
+        return args.scale
+    if not isinstance(args.scale, float):
+        parser.error("--preset sets the per-block shape: give --scale as one number (its strength)")
+    from ipa_studio.core.presets import find_preset
+
+    return find_preset(args.preset).scale(args.scale)
+
+
 def request_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> GenerationRequest:
     if args.mask is not None and args.init is None:
         parser.error("--mask needs --init (the image to inpaint)")
+    negative = None
+    if args.negative_image is not None or args.negative_noise:
+        negative = NegativeImage(args.negative_image, args.negative_noise)
+    hires = None
+    if args.hires is not None:
+        hires = HiresSpec(args.hires, args.hires_strength, args.hires_steps, args.hires_upscaler)
     request = GenerationRequest(
         models=ModelSpec(args.model, args.adapter, args.image_encoder),
-        references=tuple(args.ref),
+        references=_references(args, parser),
         prompt=args.prompt,
         negative_prompt=args.negative,
-        scale=args.scale,
+        scale=_scale(args, parser),
         steps=args.steps,
         guidance=args.guidance,
         seed=args.seed if args.seed is not None else random.randrange(2**32),
@@ -168,6 +297,8 @@ def request_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser)
         init=InitImage(args.init, args.strength) if args.init is not None else None,
         mask=MaskSpec(args.mask, args.masked_only, args.mask_padding, args.mask_blur) if args.mask else None,
         controls=_controls(args, parser),
+        negative_image=negative,
+        hires=hires,
     )
     from ipa_studio.core.prepare import check_request
 
@@ -187,12 +318,30 @@ def output_paths(out: Path, count: int) -> list[Path]:
     return [out.with_name(f"{out.stem}_{i + 1}{out.suffix}") for i in range(count)]
 
 
-def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    # Heavy imports only once the arguments are known good, so --help stays instant.
+def make_engine(args: argparse.Namespace, request: GenerationRequest):  # -> Engine (imported late)
+    """The engine for ``--device`` / ``--precision``, with the reference library if asked for
+    (``--save-refs`` adds the request's references to it first)."""
     import torch
-    from tqdm import tqdm
 
     from ipa_studio.core.engine import Engine
+
+    store = None
+    if args.library is not None or args.save_refs:
+        from ipa_studio.core.references import ReferenceStore
+
+        store = ReferenceStore(args.library or None)
+        if args.save_refs:
+            for ref in request.references:
+                saved = store.add(ref.image)
+                print(f"saved reference {saved.path}", file=sys.stderr)
+    dtype = getattr(torch, PRECISIONS[args.precision]) if args.precision else None
+    return Engine(device=args.device, dtype=dtype, reference_store=store)
+
+
+def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    # Heavy imports only once the arguments are known good, so --help stays instant.
+    from tqdm import tqdm
+
     from ipa_studio.core.images import save_png
     from ipa_studio.core.metadata import request_to_metadata
 
@@ -201,8 +350,7 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     if not targets[0].parent.is_dir():
         raise SystemExit(f"error: the output folder '{targets[0].parent}' does not exist")
     print(f"seed {request.seed}", file=sys.stderr)
-    dtype = getattr(torch, PRECISIONS[args.precision]) if args.precision else None
-    engine = Engine(device=args.device, dtype=dtype)
+    engine = make_engine(args, request)
     bar = tqdm(total=request.steps, desc=request.mode, unit="step", disable=args.quiet, file=sys.stderr)
 
     def on_step(info) -> None:

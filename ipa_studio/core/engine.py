@@ -21,21 +21,31 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ipa_studio.core import compose
+from ipa_studio.core import compose, hires
 from ipa_studio.core.adapter import (
     InstalledAdapter,
     IPAdapter,
     install_adapter,
     read_checkpoint,
-    reference_bias,
 )
 from ipa_studio.core.adapter.checkpoint import check_fits
 from ipa_studio.core.devices import default_dtype, pick_device
 from ipa_studio.core.errors import Cancelled, RequestError
+from ipa_studio.core.image_prompt import ImagePrompt, PromptPart, in_window
 from ipa_studio.core.images import content_hash
 from ipa_studio.core.models.loader import BaseModel, load_base_model, load_controlnet, load_image_encoder
-from ipa_studio.core.prepare import Prepared, prepare
-from ipa_studio.core.request import GenerationRequest
+from ipa_studio.core.prepare import Prepared, PreparedReference, prepare
+from ipa_studio.core.references import (
+    ReferenceStore,
+    encoder_fingerprint,
+    encoder_inputs,
+    feature_key,
+    noised,
+    normalise,
+    view_text,
+)
+from ipa_studio.core.regions import RegionMask
+from ipa_studio.core.request import EncoderView, GenerationRequest, ImageSource
 
 # Latent → RGB for a cheap live preview (SD1.5 latent space; rows = latent channels).
 PREVIEW_MATRIX = torch.tensor(
@@ -153,6 +163,8 @@ class _Encoder:
     path: Path
     model: Any
     processor: Any
+    fingerprint: str | None = None
+    """:func:`~ipa_studio.core.references.encoder_fingerprint`, worked out when first needed."""
 
 
 @dataclass
@@ -171,10 +183,13 @@ class Engine:
         *,
         embed_cache_size: int = 64,
         base_cache_bytes: int | None = None,
+        reference_store: ReferenceStore | None = None,
     ) -> None:
         """``base_cache_bytes``: how much RAM the previous base model may keep using after a switch,
         so switching back reads no file (None: half of the RAM available at the time of the switch;
-        0: never keep it)."""
+        0: never keep it). ``reference_store``: the reference library; the encoder features of the
+        references saved in it are read from and written to disk, so they cost no encoder call
+        after a restart."""
         self.device = pick_device(device)
         self.dtype = dtype or default_dtype(self.device)
         self.stats = EngineStats()
@@ -187,6 +202,7 @@ class Engine:
         self.base_cache_bytes = base_cache_bytes
         self._previous_base: tuple[BaseModel, tuple] | None = None
         self._base_signature: tuple = ()
+        self.reference_store = reference_store
 
     # ------------------------------------------------------------------ loading
     @property
@@ -326,46 +342,125 @@ class Engine:
 
         return self._text.get_or(text, make)
 
-    def _image_features(self, image: Image.Image | None, hidden: bool) -> torch.Tensor:
-        """CLIP features of one reference (``None`` = the unconditional zero image), cached."""
+    # ------------------------------------------------------------------ image prompt
+    # Features are cached in memory by (encoder, output, picture, view); references saved in the
+    # reference library are also read from and written to disk.
+
+    def _encode(self, squares: list[Image.Image], hidden: bool) -> torch.Tensor:
+        """One encoder call on the exact squares of ``references.encoder_inputs``."""
         enc = self._encoder
-        key = (str(enc.path), hidden, content_hash(image) if image is not None else "zero-image")
+        pixels = normalise(squares, enc.model.config.image_size).to(self.device, self.dtype)
+        self.stats.image_encoder_calls += 1
+        with torch.no_grad():
+            out = enc.model(pixels, output_hidden_states=hidden)
+        return out.hidden_states[-2] if hidden else out.image_embeds
+
+    def _zero_features(self, hidden: bool) -> torch.Tensor:
+        """The unconditional branch's features: zero embeds (global), a zero image's states (plus)."""
+        enc = self._encoder
 
         def make() -> torch.Tensor:
-            if image is None and not hidden:
-                # The global variant's unconditional branch is a zero embedding, not a zero image.
+            if not hidden:
                 return torch.zeros(1, enc.model.config.projection_dim, device=self.device, dtype=self.dtype)
             size = enc.model.config.image_size
-            if image is None:
-                pixels = torch.zeros(1, 3, size, size)
-            else:
-                pixels = enc.processor(image, return_tensors="pt").pixel_values
-            pixels = pixels.to(self.device, self.dtype)
             self.stats.image_encoder_calls += 1
             with torch.no_grad():
-                out = enc.model(pixels, output_hidden_states=hidden)
-            return out.hidden_states[-2] if hidden else out.image_embeds
+                zeros = torch.zeros(1, 3, size, size, device=self.device, dtype=self.dtype)
+                return enc.model(zeros, output_hidden_states=True).hidden_states[-2]
+
+        return self._features.get_or((str(enc.path), hidden, "zero-image"), make)
+
+    def reference_features(
+        self, image: Image.Image, view: EncoderView | None = None, *, hidden: bool, noise: float = 0.0
+    ) -> torch.Tensor:
+        """Encoder features [tiles, …] of one reference as seen through ``view`` (``noise``: faded
+        towards noise first, for a noised unconditional image), from memory, disk or the encoder."""
+        enc = self._encoder
+        view = view or EncoderView()
+        content = content_hash(image)
+        key = (str(enc.path), hidden, content, view_text(view), noise)
+
+        def make() -> torch.Tensor:
+            disk = self._disk_key(content, view, hidden) if noise == 0 else None
+            if disk is not None:
+                stored = self.reference_store.load_features(content, disk)
+                if stored is not None:
+                    return stored.to(self.device)
+            squares = encoder_inputs(image, view, enc.model.config.image_size)
+            features = self._encode([noised(s, noise) for s in squares], hidden)
+            if disk is not None:
+                about = {"encoder": str(enc.path), "view": view_text(view), "dtype": str(self.dtype)}
+                self.reference_store.save_features(content, disk, features, about)
+            return features
 
         return self._features.get_or(key, make)
 
-    def _image_tokens(
-        self, images: list[Image.Image], weights: list[float], n: int, cfg: bool
-    ) -> tuple[torch.Tensor, torch.Tensor | None, float]:
+    def _disk_key(self, content: str, view: EncoderView, hidden: bool) -> str | None:
+        """The reference library's name for these features, or None when the picture is not saved."""
+        store = self.reference_store
+        if store is None or not store.contains(content):
+            return None
+        if self._encoder.fingerprint is None:
+            self._encoder.fingerprint = encoder_fingerprint(self._encoder.model)
+        return feature_key(
+            content,
+            view,
+            encoder=self._encoder.fingerprint,
+            hidden=hidden,
+            dtype=self.dtype,
+            device=self.device.type,
+        )
+
+    def encode_reference(
+        self, request: GenerationRequest, image: ImageSource, view: EncoderView | None = None
+    ) -> None:
+        """Work out (and, for a saved reference, store) a reference's features ahead of a generation,
+        for the request's encoder and adapter, so the next generation with it starts at once."""
+        from ipa_studio.core.images import load_image
+
+        self.load(request)
+        if self._adapter is None:
+            raise RequestError("Encoding a reference needs an IP-Adapter: choose an adapter file.")
+        hidden = self._adapter.installed.adapter.uses_hidden_states
+        self.reference_features(load_image(image), view, hidden=hidden)
+
+    def _unconditional(
+        self, r: GenerationRequest, p: Prepared, ref: PreparedReference, tiles: int, hidden: bool
+    ) -> torch.Tensor:
+        """What the unconditional branch sees for one reference: the zero image, the negative
+        image, or a noised picture (the negative image or the reference itself)."""
+        negative = r.negative_image
+        if negative is None:
+            features = self._zero_features(hidden)
+        elif p.negative is not None:
+            features = self.reference_features(p.negative, hidden=hidden, noise=negative.noise)
+        else:
+            return self.reference_features(ref.image, ref.view, hidden=hidden, noise=negative.noise)
+        return features.expand(tiles, *features.shape[1:])
+
+    def _image_prompt(self, r: GenerationRequest, p: Prepared, n: int, cfg: bool) -> ImagePrompt:
         adapter = self._adapter.installed.adapter
         hidden = adapter.uses_hidden_states
-        cond = torch.cat([self._image_features(im, hidden) for im in images])
-        uncond = self._image_features(None, hidden).expand_as(cond)
+        conds = [self.reference_features(ref.image, ref.view, hidden=hidden) for ref in p.references]
+        unconds = [
+            self._unconditional(r, p, ref, c.shape[0], hidden)
+            for ref, c in zip(p.references, conds, strict=True)
+        ]
         with torch.no_grad():
             # One projection per generation for both branches; never per step.
-            projected = adapter.project(torch.cat([uncond, cond]))
+            projected = adapter.project(torch.cat(unconds + conds))
         self.stats.projection_calls += 1
-        per_ref = projected.shape[1]
-        u, c = projected.chunk(2)
-        u = u.reshape(1, -1, u.shape[-1]).repeat(n, 1, 1)
-        c = c.reshape(1, -1, c.shape[-1]).repeat(n, 1, 1)
-        tokens = torch.cat([u, c]) if cfg else c
-        bias, strength = reference_bias(weights, [per_ref] * len(images), self.device, self.dtype)
-        return tokens, bias, strength
+        counts = [c.shape[0] for c in conds]
+        width = projected.shape[-1]
+        u_all, c_all = projected.split([sum(counts), sum(counts)])
+        latent = (p.size[1] // self._base.vae_scale_factor, p.size[0] // self._base.vae_scale_factor)
+        parts = []
+        for ref, u, c in zip(p.references, u_all.split(counts), c_all.split(counts), strict=True):
+            region = RegionMask(ref.region.work, latent, self.device, self.dtype) if ref.region else None
+            parts.append(
+                PromptPart(c.reshape(-1, width), u.reshape(-1, width), ref.weight, ref.start, ref.end, region)
+            )
+        return ImagePrompt(parts, n, cfg)
 
     # ------------------------------------------------------------------ generation
     def generate(
@@ -375,6 +470,8 @@ class Engine:
         should_cancel: Callable[[], bool] | None = None,
     ) -> GenerationResult:
         """Run one request. Raises ``Cancelled`` (no image) when ``should_cancel`` turns true."""
+        if request.hires is not None:
+            return hires.run(self, request, on_step, should_cancel)
         started = time.perf_counter()
         prepared = prepare(request)  # every number and picture checked before any model work
         self.load(request)
@@ -431,12 +528,13 @@ class Engine:
         if cfg:
             prompt = torch.cat([self._encode_text(r.negative_prompt).repeat(n, 1, 1), prompt])
 
+        image_prompt = None
         if self._adapter is not None:
             ctx = self._adapter.installed.context
             self._adapter.installed.set_scale(r.scale)
             if p.references:
-                tokens, bias, strength = self._image_tokens(list(p.references), list(p.weights), n, cfg)
-                ctx.set_tokens(tokens, bias, strength)
+                image_prompt = self._image_prompt(r, p, n, cfg)
+                image_prompt.install(ctx)
             else:
                 ctx.clear()
 
@@ -467,6 +565,8 @@ class Engine:
             for i, t in enumerate(timesteps):
                 if should_cancel is not None and should_cancel():
                     raise Cancelled("Generation cancelled.")
+                if image_prompt is not None:
+                    image_prompt.step(i, total)  # references outside their step window drop out
                 model_in = torch.cat([latents] * 2) if cfg else latents
                 model_in = scheduler.scale_model_input(model_in, t)
                 down, mid = self._control_residuals(controls, model_in, t, prompt, i, total)
@@ -600,7 +700,7 @@ class Engine:
         down = mid = None
         for model, cond, spec in controls:
             # Same window rule as diffusers' control_guidance_start / _end.
-            if i / total < spec.start or (i + 1) / total > spec.end:
+            if not in_window(i, total, spec.start, spec.end):
                 continue  # a scale of zero would add exact zeros: skipping is identical and cheaper
             d, m = model(
                 model_in,

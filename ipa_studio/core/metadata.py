@@ -41,11 +41,14 @@ from ipa_studio.core.images import content_hash
 from ipa_studio.core.request import (
     SCHEDULERS,
     ControlSpec,
+    EncoderView,
     GenerationRequest,
+    HiresSpec,
     ImageSource,
     InitImage,
     MaskSpec,
     ModelSpec,
+    NegativeImage,
     Reference,
     Scale,
 )
@@ -153,6 +156,7 @@ def _parameters_text(request: GenerationRequest, extra: Mapping[str, Any]) -> st
         fields.append((f"ControlNet {i}", described))
     if request.num_images != 1:
         fields.append(("Batch size", request.num_images))
+    fields.extend(_image_prompt_fields(request))
     fields.extend((str(k), v) for k, v in extra.items())
     fields.append(("Version", f"ipa-studio {__version__}"))
     lines.append(", ".join(f"{key}: {_quote(str(value))}" for key, value in fields))
@@ -161,6 +165,35 @@ def _parameters_text(request: GenerationRequest, extra: Mapping[str, Any]) -> st
 
 def _num(value: float) -> str:
     return f"{value:g}"
+
+
+# --- image-prompt controls (start/end, regions, views, negative image, second pass) ---
+
+
+def _image_prompt_fields(request: GenerationRequest) -> list[tuple[str, Any]]:
+    """The image-prompt controls in the human line, each only when it differs from its default."""
+    refs = request.references
+    out: list[tuple[str, Any]] = []
+    if any(r.start != 0 or r.end != 1 for r in refs):
+        out.append(("Reference windows", ", ".join(f"{_num(r.start)}-{_num(r.end)}" for r in refs)))
+    if any(r.mask is not None for r in refs):
+        out.append(("Reference masks", ", ".join("yes" if r.mask is not None else "no" for r in refs)))
+    if any(r.view != EncoderView() for r in refs):
+        from ipa_studio.core.references import view_text
+
+        out.append(("Reference views", ", ".join(view_text(r.view) for r in refs)))
+    negative = request.negative_image
+    if negative is not None:
+        what = "image" if negative.image is not None else "references"
+        out.append(("Negative image", what + (f", noise {_num(negative.noise)}" if negative.noise else "")))
+    hires = request.hires
+    if hires is not None:
+        # The names AUTOMATIC1111 writes for its hires fix.
+        out.append(("Hires upscale", _num(hires.scale)))
+        out.append(("Hires steps", hires.steps or request.steps))
+        out.append(("Hires upscaler", hires.upscaler))
+        out.append(("Hires strength", _num(hires.strength)))
+    return out
 
 
 def _scale_text(scale: Scale) -> str:
@@ -265,11 +298,16 @@ class _Reader:
     def request(self, data: Mapping[str, Any]) -> GenerationRequest:
         references: list[Reference] = []
         for i, item in enumerate(self._list(data.get("references", []), "references")):
-            ref = self._optional(lambda item=item: self._build(Reference, item, {"image": self.image}))
+            ref = self._optional(lambda item=item, i=i: self._reference(item, i + 1))
             if ref is None:
                 self.lost.append(f"reference image {i + 1}")
             else:
                 references.append(ref)
+        negative = None
+        if data.get("negative_image") is not None:
+            negative = self._optional(lambda: self._negative(data["negative_image"]))
+            if negative is None:
+                self.lost.append("negative image")
         controls: list[ControlSpec] = []
         for i, item in enumerate(self._list(data.get("controls", []), "controls")):
             control = self._optional(
@@ -308,14 +346,39 @@ class _Reader:
             ),
             "scale": _scale,
             "scheduler": _scheduler,
+            "hires": lambda v: None if v is None else self._build(HiresSpec, v, {}),
         }
         decided = {
             "references": tuple(references),
             "controls": tuple(controls),
             "init": init,
             "mask": mask,
+            "negative_image": negative,
         }
         return self._build(GenerationRequest, data, converters, decided=decided)
+
+    # --- image-prompt controls ---
+
+    def _reference(self, item: Any, index: int) -> Reference:
+        """A reference with its view and mask; a lost in-memory mask (under "drop") leaves the
+        reference acting everywhere rather than losing the reference."""
+
+        def mask(value: Any) -> ImageSource | None:
+            if value is None:
+                return None
+            found = self._optional(lambda: self.image(value))
+            if found is None:
+                self.lost.append(f"mask of reference image {index}")
+            return found
+
+        return self._build(Reference, item, {"image": self.image, "mask": mask, "view": self._view})
+
+    def _view(self, value: Any) -> EncoderView:
+        view = self._build(EncoderView, value, {"box": _box})
+        return view
+
+    def _negative(self, value: Any) -> NegativeImage:
+        return self._build(NegativeImage, value, {"image": lambda v: None if v is None else self.image(v)})
 
     def image(self, value: Any) -> ImageSource:
         if isinstance(value, str):
@@ -397,6 +460,18 @@ def _path(value: Any) -> str:
     if not isinstance(value, str):
         raise TypeError(f"a path must be text, not {value!r}")
     return value
+
+
+def _box(value: Any) -> tuple[int, int, int] | None:
+    if value is None:
+        return None
+    if (
+        not isinstance(value, list)
+        or len(value) != 3
+        or any(isinstance(v, bool) or not isinstance(v, int) for v in value)
+    ):
+        raise TypeError(f"a crop square must be three whole numbers, not {value!r}")
+    return (value[0], value[1], value[2])
 
 
 def _opt_path(value: Any) -> str | None:

@@ -23,7 +23,8 @@ from PIL import Image
 from ipa_studio.core import compose
 from ipa_studio.core.errors import RequestError
 from ipa_studio.core.images import load_image, load_mask
-from ipa_studio.core.request import SCHEDULERS, GenerationRequest
+from ipa_studio.core.references import check_view
+from ipa_studio.core.request import SCHEDULERS, EncoderView, GenerationRequest
 
 # Ranges a request may use. They are wider than the window's controls (which stay where pictures are
 # good) and narrow enough that nothing outside them can do more than waste a run or memory.
@@ -37,6 +38,7 @@ MAX_IMAGES = 16  # pictures in one job; they run as one batch
 MAX_SEED = 2**64 - 1  # what torch.Generator.manual_seed accepts
 MAX_MASK_PADDING = 4096
 MAX_MASK_BLUR = 256
+MAX_HIRES_SCALE = 4.0
 
 
 @dataclass(frozen=True)
@@ -56,6 +58,19 @@ class Mask:
 
 
 @dataclass(frozen=True)
+class PreparedReference:
+    """One reference that takes part (weight above 0), read and checked."""
+
+    image: Image.Image
+    weight: float = 1.0
+    start: float = 0.0
+    end: float = 1.0
+    view: EncoderView = field(default_factory=EncoderView)
+    region: Mask | None = None
+    """Where it acts (white = here), at the picture's size and at the working size."""
+
+
+@dataclass(frozen=True)
 class Prepared:
     """Everything a generation reads from disk or memory, decoded and checked.
 
@@ -65,9 +80,8 @@ class Prepared:
     and ``start`` / ``mask`` / ``controls`` / ``size`` describe that box scaled to the request's size.
     """
 
-    references: tuple[Image.Image, ...]
-    weights: tuple[float, ...]
-    """One per reference in ``references``; references at weight 0 are left out of both."""
+    references: tuple[PreparedReference, ...]
+    """References at weight 0 are left out (they contribute nothing, and cost no encoder call)."""
     original_size: tuple[int, int]
     """The size the finished picture is handed back at."""
     size: tuple[int, int]
@@ -78,6 +92,12 @@ class Prepared:
     crop: tuple[int, int, int, int] | None = None
     notices: tuple[str, ...] = field(default_factory=tuple)
     """Things the user should know that did not stop the job (e.g. a mask that was scaled)."""
+    negative: Image.Image | None = None
+    """The negative image prompt's picture (``request.negative_image.image``), if any."""
+
+    @property
+    def weights(self) -> tuple[float, ...]:
+        return tuple(ref.weight for ref in self.references)
 
     def replace(self, **changes) -> Prepared:
         return dataclasses.replace(self, **changes)
@@ -138,6 +158,7 @@ def check_request(r: GenerationRequest) -> None:
     check_scale(r.scale)
     for i, ref in enumerate(r.references, 1):
         _number(ref.weight, f"The weight of reference image {i}", 0.0, MAX_WEIGHT)
+    check_image_prompt(r)
     if r.references and r.models.adapter is None:
         raise RequestError("Reference images need an IP-Adapter: choose an adapter file.")
     if r.init is not None:
@@ -155,6 +176,34 @@ def check_request(r: GenerationRequest) -> None:
             raise RequestError(f"Control {i}'s start must be below its end, both between 0 and 1.")
 
 
+def check_image_prompt(r: GenerationRequest) -> None:
+    """The image-prompt controls: step windows, encoder views, negative image, second pass."""
+    for i, ref in enumerate(r.references, 1):
+        _number(ref.start, f"The start of reference image {i}", 0.0, 1.0)
+        _number(ref.end, f"The end of reference image {i}", 0.0, 1.0)
+        if not ref.start < ref.end:
+            raise RequestError(f"Reference image {i}'s start must be below its end, both between 0 and 1.")
+        if not isinstance(ref.view, EncoderView):
+            raise RequestError(f"The encoder view of reference image {i} is not a view ({ref.view!r}).")
+        check_view(ref.view, what=f"reference image {i}")
+    if r.negative_image is not None:
+        if r.negative_image.image is None and r.negative_image.noise == 0:
+            raise RequestError("A negative image prompt needs a picture, noise above 0, or both.")
+        _number(r.negative_image.noise, "The noise of the negative image", 0.0, 1.0)
+    if r.hires is not None:
+        h = r.hires
+        _number(h.scale, "The second pass's upscale factor", 1.0, MAX_HIRES_SCALE, low_open=True)
+        _number(h.strength, "The second pass's strength", 0.0, 1.0, low_open=True)
+        _whole(h.steps, "The second pass's steps", 0, MAX_STEPS)
+        from ipa_studio.core.hires import check_upscaler
+
+        check_upscaler(h.upscaler)
+        if r.mask is not None:
+            raise RequestError(
+                "A second pass goes with new pictures and img2img, not with inpainting: turn one off."
+            )
+
+
 # ----------------------------------------------------------------------------- pictures
 
 
@@ -163,8 +212,9 @@ def prepare(r: GenerationRequest) -> Prepared:
     check_request(r)
     # A reference at weight 0 contributes nothing; leaving it out also skips its encoder call.
     used = [ref for ref in r.references if ref.weight > 0]
-    references = tuple(load_image(ref.image, what="reference image") for ref in used)
-    weights = tuple(float(ref.weight) for ref in used)
+    pictures = [load_image(ref.image, what="reference image") for ref in used]
+    for i, (ref, picture) in enumerate(zip(used, pictures, strict=True), 1):
+        check_view(ref.view, picture.size, what=f"reference image {i}")
     notices: list[str] = []
     start_image = load_image(r.init.image, what="init image") if r.init is not None else None
     original = start_image.size if start_image is not None else (r.width, r.height)
@@ -188,10 +238,41 @@ def prepare(r: GenerationRequest) -> Prepared:
             notices.append(notice)
         mask = Mask(mask_image, _resized(mask_image, size, Image.Resampling.BILINEAR))
     controls = tuple(load_image(c.image, what="control image") for c in r.controls)
-    prepared = Prepared(references, weights, original, size, start, mask, controls, notices=tuple(notices))
+    references = []
+    for i, (ref, picture) in enumerate(zip(used, pictures, strict=True), 1):
+        region = None
+        if ref.mask is not None:
+            region_image = _region_mask(ref.mask, original, i, notices)
+            region = Mask(region_image, _resized(region_image, size, Image.Resampling.BILINEAR))
+        references.append(
+            PreparedReference(picture, float(ref.weight), float(ref.start), float(ref.end), ref.view, region)
+        )
+    negative = None
+    if r.negative_image is not None and r.negative_image.image is not None:
+        negative = load_image(r.negative_image.image, what="negative image")
+    prepared = Prepared(
+        tuple(references), original, size, start, mask, controls, notices=tuple(notices), negative=negative
+    )
     if r.mask is not None and r.mask.only_masked:
         prepared = crop_to_mask(r, prepared)
     return prepared
+
+
+def _region_mask(source, size: tuple[int, int], index: int, notices: list[str]) -> Image.Image:
+    """A reference's region mask at the picture's size: the same shape is scaled (with a notice)."""
+    what = f"the mask of reference image {index}"
+    mask = load_mask(source, what=what)
+    if mask.size == size:
+        return mask
+    (mw, mh), (w, h) = mask.size, size
+    if abs((mw / mh) / (w / h) - 1.0) > compose.ASPECT_TOLERANCE:
+        raise RequestError(
+            f"The mask of reference image {index} is {mw}×{mh} but the picture is {w}×{h}: different "
+            "shapes, so it cannot say where in this picture the reference belongs. Paint it at the "
+            "picture's size."
+        )
+    notices.append(f"The mask of reference image {index} ({mw}×{mh}) was scaled to the picture ({w}×{h}).")
+    return mask.resize(size, Image.Resampling.BILINEAR)
 
 
 def _resized(image: Image.Image, size: tuple[int, int], resample: Image.Resampling) -> Image.Image:
@@ -207,4 +288,16 @@ def crop_to_mask(r: GenerationRequest, p: Prepared) -> Prepared:
     mask = Mask(p.mask.original, p.mask.original.crop(box).resize(target, Image.Resampling.BILINEAR))
     # Control maps drawn for the whole picture must follow the same crop.
     controls = tuple(c.crop(box) if c.size == p.start.original.size else c for c in p.controls)
-    return p.replace(start=start, mask=mask, controls=controls, size=target, crop=box)
+    # So must the references' own masks: the region stays where it was in the picture.
+    references = tuple(
+        ref
+        if ref.region is None
+        else dataclasses.replace(
+            ref,
+            region=Mask(
+                ref.region.original, ref.region.original.crop(box).resize(target, Image.Resampling.BILINEAR)
+            ),
+        )
+        for ref in p.references
+    )
+    return p.replace(start=start, mask=mask, controls=controls, size=target, crop=box, references=references)

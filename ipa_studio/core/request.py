@@ -29,12 +29,69 @@ entry (0 when absent) covers layers no prefix matches.
 """
 
 
+EncoderFit = Literal["centre", "crop", "pad", "tile"]
+ENCODER_FITS: tuple[str, ...] = ("centre", "crop", "pad", "tile")
+
+
+@dataclass(frozen=True)
+class EncoderView:
+    """What part of a reference the image encoder sees (its input is one square, e.g. 224×224).
+
+    ``"centre"``: the centre square that CLIP's own preprocessing cuts (the default, bit for bit).
+    ``"crop"``: a square of the picture, ``box`` = (left, top, side) in the picture's pixels.
+    ``"pad"``: the whole picture on a black square (nothing cut, the subject smaller).
+    ``"tile"``: the whole picture as up to four overlapping squares along its long side, each
+    encoded; their tokens join as one reference (nothing cut, nothing shrunk).
+    """
+
+    fit: EncoderFit = "centre"
+    box: tuple[int, int, int] | None = None
+
+
 @dataclass(frozen=True)
 class Reference:
-    """One image prompt and its weight among the other references (1.0 = full share)."""
+    """One image prompt and its weight among the other references (1.0 = full share).
+
+    ``start`` / ``end``: the part of the denoising steps (fractions, the ControlNet rule) in which
+    this reference acts; outside it, its attention is not computed at all. ``mask``: where in the
+    picture it acts (white = here), as attention masks inside the decoupled attention; references
+    without a mask share one attention, each masked one has its own. ``view``: what the encoder sees.
+    """
 
     image: ImageSource
     weight: float = 1.0
+    start: float = 0.0
+    end: float = 1.0
+    mask: ImageSource | None = None
+    view: EncoderView = field(default_factory=EncoderView)
+
+
+@dataclass(frozen=True)
+class NegativeImage:
+    """What the image prompt's unconditional (classifier-free guidance) branch sees.
+
+    By default that branch is a zero image (as the paper and diffusers do). ``image``: a picture whose
+    encoder tokens take its place, so the result moves away from it. ``noise`` (0–1): a noised
+    unconditional picture instead, ``image`` (or, without one, each reference itself) faded towards
+    uniform noise by this much; 1 is pure noise.
+    """
+
+    image: ImageSource | None = None
+    noise: float = 0.0
+
+
+@dataclass(frozen=True)
+class HiresSpec:
+    """Second pass ("hires fix"): upscale the finished picture by ``scale`` and repaint it with
+    img2img at ``strength`` at the larger size, with the same prompt, references and seed.
+
+    ``steps`` 0 uses the request's steps. ``upscaler`` is ``"lanczos"`` (the only one built in).
+    """
+
+    scale: float = 2.0
+    strength: float = 0.5
+    steps: int = 0
+    upscaler: str = "lanczos"
 
 
 @dataclass(frozen=True)
@@ -98,6 +155,8 @@ class GenerationRequest:
     init: InitImage | None = None
     mask: MaskSpec | None = None
     controls: tuple[ControlSpec, ...] = field(default_factory=tuple)
+    negative_image: NegativeImage | None = None
+    hires: HiresSpec | None = None
 
     @property
     def mode(self) -> str:
@@ -108,7 +167,7 @@ class GenerationRequest:
             base = "img2img"
         else:
             base = "txt2img"
-        return base + ("+controlnet" if self.controls else "")
+        return base + ("+controlnet" if self.controls else "") + ("+hires" if self.hires else "")
 
     def replace(self, **changes: Any) -> GenerationRequest:
         return dataclasses.replace(self, **changes)

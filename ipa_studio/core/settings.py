@@ -196,13 +196,9 @@ def _checked(default: Any, value: Any) -> Any:
 # --------------------------------------------------------------------------------------------------
 
 
-def save_settings(settings: Settings, path: str | os.PathLike[str] | None = None) -> Path:
-    """Write ``settings`` as JSON to ``path`` atomically; return the path.
-
-    Raises :class:`IPAStudioError` when the folder cannot be written; the old file is then intact.
-    """
-    path = Path(path) if path is not None else default_settings_path()
-    text = json.dumps(dataclasses.asdict(settings), indent=2, ensure_ascii=False, allow_nan=False) + "\n"
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a flushed temporary file moved over it (``os.replace``):
+    readers see the old file or the new one, never half of one. Raises ``OSError``."""
     tmp: Path | None = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -213,13 +209,24 @@ def save_settings(settings: Settings, path: str | os.PathLike[str] | None = None
             os.fsync(f.fileno())
         os.replace(tmp, path)
         tmp = None
+    finally:
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+
+
+def save_settings(settings: Settings, path: str | os.PathLike[str] | None = None) -> Path:
+    """Write ``settings`` as JSON to ``path`` atomically; return the path.
+
+    Raises :class:`IPAStudioError` when the folder cannot be written; the old file is then intact.
+    """
+    path = Path(path) if path is not None else default_settings_path()
+    text = json.dumps(dataclasses.asdict(settings), indent=2, ensure_ascii=False, allow_nan=False) + "\n"
+    try:
+        write_text_atomic(path, text)
     except OSError as exc:
         raise IPAStudioError(
             f"The settings could not be saved to {path}: {exc.strerror or exc}. "
             "They will be lost when IPA Studio closes."
         ) from exc
-    finally:
-        if tmp is not None:
-            with contextlib.suppress(OSError):
-                tmp.unlink()
     return path

@@ -11,42 +11,11 @@ from pathlib import Path
 import pytest
 import torch
 from PIL import Image
-from transformers import CLIPConfig, CLIPModel
+from transformers import CLIPModel
 
 from ipa_studio.cli import main
 from ipa_studio.core.evaluate import CSV_COLUMNS, ClipScorer, EvalConfig, clip_i, clip_t, cosine, evaluate
 from ipa_studio.core.models.tiny import make_reference_image
-
-
-@pytest.fixture(scope="module")
-def tiny_clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A random transformers CLIPModel folder (config + weights only, like many local copies)."""
-    folder = tmp_path_factory.mktemp("clip") / "tiny-clip"
-    torch.manual_seed(5)
-    config = CLIPConfig(
-        text_config=dict(
-            hidden_size=32,
-            intermediate_size=37,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            vocab_size=49408,
-            max_position_embeddings=77,
-            bos_token_id=49406,
-            eos_token_id=49407,
-            pad_token_id=49407,
-        ),
-        vision_config=dict(
-            hidden_size=32,
-            intermediate_size=37,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            image_size=32,
-            patch_size=8,
-        ),
-        projection_dim=16,
-    )
-    CLIPModel(config).save_pretrained(folder)
-    return folder
 
 
 @pytest.fixture(scope="module")

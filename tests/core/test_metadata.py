@@ -20,10 +20,13 @@ from ipa_studio.core.metadata import (
 )
 from ipa_studio.core.request import (
     ControlSpec,
+    EncoderView,
     GenerationRequest,
+    HiresSpec,
     InitImage,
     MaskSpec,
     ModelSpec,
+    NegativeImage,
     Reference,
 )
 
@@ -36,7 +39,19 @@ def full_request() -> GenerationRequest:
             adapter="models/ip-adapter-plus_sd15.safetensors",
             image_encoder="models/image_encoder",
         ),
-        references=(Reference("refs/cat.png", 0.7), Reference("refs/hat, red.jpg", 0.3)),
+        references=(
+            Reference(
+                "refs/cat.png", 0.7, 0.1, 0.8, mask="masks/left.png", view=EncoderView("crop", (10, 20, 300))
+            ),
+            Reference(
+                "refs/hat, red.jpg",
+                0.3,
+                0.25,
+                0.9,
+                mask="masks/right.png",
+                view=EncoderView("crop", (0, 0, 64)),
+            ),
+        ),
         prompt='a cat in a hat, "studio" light: soft\nsecond line — café 猫',
         negative_prompt="blurry, lowres",
         scale={"default": 0.4, "down_blocks.2": 1.0, "up_blocks.0.attentions.1": 0.25},
@@ -53,6 +68,8 @@ def full_request() -> GenerationRequest:
             ControlSpec("pose.png", "controlnets/openpose", scale=0.8, start=0.1, end=0.9),
             ControlSpec("depth.png", "controlnets/depth", scale=0.5, start=0.2, end=0.5),
         ),
+        negative_image=NegativeImage("negative.png", noise=0.25),
+        hires=HiresSpec(scale=1.5, strength=0.4, steps=12, upscaler="4x-model"),
     )
 
 
@@ -143,7 +160,14 @@ def test_json_records_version_and_extra() -> None:
     document = json.loads(request_to_metadata(full_request(), extra={"index": 2})[JSON_KEY])
     assert document["version"] == FORMAT_VERSION
     assert document["extra"] == {"index": 2}
-    assert document["request"]["references"][1] == {"image": "refs/hat, red.jpg", "weight": 0.3}
+    assert document["request"]["references"][1] == {
+        "image": "refs/hat, red.jpg",
+        "weight": 0.3,
+        "start": 0.25,
+        "end": 0.9,
+        "mask": "masks/right.png",
+        "view": {"fit": "crop", "box": [0, 0, 64]},
+    }
 
 
 # --- images that existed only in memory ----------------------------------------------------------
@@ -231,3 +255,49 @@ def test_damaged_settings_are_reported(mutate, message: str) -> None:  # type: i
 def test_non_finite_numbers_are_refused() -> None:
     with pytest.raises(RequestError, match="cannot be saved"):
         request_to_metadata(GenerationRequest(models=ModelSpec(base="m"), guidance=float("nan")))
+
+
+# --- image-prompt controls -------------------------------------------------------------------------
+
+
+def test_image_prompt_controls_in_the_parameters_line() -> None:
+    line = request_to_metadata(full_request())[PARAMETERS_KEY].split("\n")[-1]
+    assert 'Reference windows: "0.1-0.8, 0.25-0.9"' in line
+    assert 'Reference masks: "yes, yes"' in line
+    assert 'Reference views: "crop:10,20,300, crop:0,0,64"' in line
+    assert 'Negative image: "image, noise 0.25"' in line
+    assert "Hires upscale: 1.5, Hires steps: 12, Hires upscaler: 4x-model, Hires strength: 0.4" in line
+    plain = request_to_metadata(GenerationRequest(models=ModelSpec(base="m")))[PARAMETERS_KEY]
+    assert "Reference" not in plain and "Hires" not in plain and "Negative image" not in plain
+
+
+def test_in_memory_region_mask_and_negative_image_round_trip_or_drop() -> None:
+    painted = Image.new("L", (8, 8), 255)
+    negative = Image.new("RGB", (4, 4), (1, 2, 3))
+    request = GenerationRequest(
+        models=ModelSpec(base="m"),
+        references=(Reference("a.png", mask=painted, view=EncoderView("pad")), Reference("b.png")),
+        negative_image=NegativeImage(negative, 0.5),
+    )
+    meta = request_to_metadata(request)
+    images = {content_hash(painted): painted, content_hash(negative): negative}
+    assert request_from_metadata(meta, images=images) == request
+    with pytest.raises(
+        RequestError, match="mask of reference image 1 and negative image were only in memory"
+    ):
+        request_from_metadata(meta)
+    dropped = request_from_metadata(meta, missing="drop")
+    # The reference stays (acting everywhere); the negative image goes.
+    assert dropped.references == (Reference("a.png", view=EncoderView("pad")), Reference("b.png"))
+    assert dropped.negative_image is None
+
+
+def test_a_damaged_crop_square_is_reported() -> None:
+    meta = request_to_metadata(
+        GenerationRequest(models=ModelSpec(base="m"), references=(Reference("a.png"),))
+    )
+    document = json.loads(meta[JSON_KEY])
+    document["request"]["references"][0]["view"] = {"fit": "crop", "box": [1, 2]}
+    meta[JSON_KEY] = json.dumps(document)
+    with pytest.raises(RequestError, match="crop square must be three whole numbers"):
+        request_from_metadata(meta)

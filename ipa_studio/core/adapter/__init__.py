@@ -1,7 +1,7 @@
 """The paper's method: image projection, decoupled cross-attention, official checkpoint I/O."""
 
 from .adapter import InstalledAdapter, IPAdapter, cross_attention_layers, install_adapter, reference_bias
-from .attention import AdapterContext, DecoupledAttnProcessor
+from .attention import AdapterContext, DecoupledAttnProcessor, ImageGroup
 from .checkpoint import AdapterCheckpoint, check_fits, parse_checkpoint, read_checkpoint, save_checkpoint
 
 __all__ = [
@@ -9,6 +9,7 @@ __all__ = [
     "AdapterContext",
     "DecoupledAttnProcessor",
     "IPAdapter",
+    "ImageGroup",
     "InstalledAdapter",
     "check_fits",
     "cross_attention_layers",

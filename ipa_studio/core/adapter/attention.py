@@ -6,40 +6,71 @@ adapter and never become part of the UNet's own state dict.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 
+class RegionLike(Protocol):
+    def at(self, num_queries: int) -> torch.Tensor: ...
+
+
+@dataclass
+class ImageGroup:
+    """Image tokens that share one attention (one softmax) in every layer.
+
+    ``tokens`` cover the whole UNet batch (unconditional rows first under classifier-free
+    guidance); ``bias`` is an optional additive attention bias over them (per-reference weights, and
+    -inf for references outside their step window); ``strength`` scales the group's output;
+    ``region`` (optional) multiplies the output by a mask on each layer's grid. ``active`` false
+    skips the group's attention entirely for the current step.
+    """
+
+    tokens: torch.Tensor
+    bias: torch.Tensor | None = None
+    strength: float = 1.0
+    region: RegionLike | None = None
+    active: bool = True
+
+
 @dataclass
 class AdapterContext:
     """State shared by every processor of one installed adapter, set once per generation.
 
-    ``tokens`` are the projected image tokens for the whole UNet batch (unconditional rows first
-    under classifier-free guidance). ``bias`` is an optional additive attention bias over those
-    tokens that carries per-reference weights. Bumping ``version`` tells processors that their
-    cached K'/V' are stale; since the tokens are constant through a generation, K'/V' are computed
-    once per generation rather than once per step (only without autograd: in training they are
-    recomputed on every call).
+    ``groups`` hold the image tokens; unmasked references share one group (as in diffusers'
+    multi-image attention), each masked reference has its own (as with diffusers'
+    ``ip_adapter_masks``). Bumping ``version`` tells processors that their cached K'/V' are stale;
+    since the tokens are constant through a generation, K'/V' are computed once per generation
+    rather than once per step (only without autograd: in training they are recomputed on every
+    call). ``bias``, ``strength`` and ``active`` may change between steps without a bump.
+    ``image_attention_calls`` counts the image attentions computed, so tests can see which steps
+    and layers ran them.
     """
 
-    tokens: torch.Tensor | None = None
-    bias: torch.Tensor | None = None
-    strength: float = 1.0
+    groups: list[ImageGroup] = field(default_factory=list)
     version: int = 0
+    image_attention_calls: int = 0
+
+    @property
+    def tokens(self) -> torch.Tensor | None:
+        """The first group's tokens (the only group of a plain generation or of training)."""
+        return self.groups[0].tokens if self.groups else None
+
+    def set_groups(self, groups: list[ImageGroup]) -> None:
+        self.groups = list(groups)
+        self.version += 1
 
     def set_tokens(
         self, tokens: torch.Tensor | None, bias: torch.Tensor | None = None, strength: float = 1.0
     ) -> None:
-        self.tokens = tokens
-        self.bias = bias
-        self.strength = strength
-        self.version += 1
+        """One group of ``tokens`` (or none): every image token in one attention."""
+        self.set_groups([] if tokens is None else [ImageGroup(tokens, bias, strength)])
 
     def clear(self) -> None:
-        self.set_tokens(None)
+        self.set_groups([])
 
 
 class DecoupledAttnProcessor:
@@ -51,10 +82,10 @@ class DecoupledAttnProcessor:
         self.context = context
         self.scale = scale
         self._cache_version = -1
-        self._cached_kv: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._cached_kv: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
-    def _image_kv(self, heads: int, head_dim: int) -> tuple[torch.Tensor, torch.Tensor]:
-        tokens = self.context.tokens
+    def _image_kv(self, index: int, heads: int, head_dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+        tokens = self.context.groups[index].tokens
         b = tokens.shape[0]
 
         def compute() -> tuple[torch.Tensor, torch.Tensor]:
@@ -65,12 +96,15 @@ class DecoupledAttnProcessor:
         if torch.is_grad_enabled():
             # Training: W'k, W'v need their gradients every call, and gradient checkpointing reruns
             # each block's forward expecting the same operations, so nothing may be reused.
-            self._cached_kv = None
+            self._cached_kv = {}
             return compute()
-        if self._cache_version != self.context.version or self._cached_kv is None:
-            self._cached_kv = compute()
+        if self._cache_version != self.context.version:
+            self._cached_kv = {}
             self._cache_version = self.context.version
-        return self._cached_kv
+        kv = self._cached_kv.get(index)
+        if kv is None:
+            kv = self._cached_kv[index] = compute()
+        return kv
 
     def __call__(
         self,
@@ -121,12 +155,17 @@ class DecoupledAttnProcessor:
         hidden_states = hidden_states.to(query.dtype)
 
         ctx = self.context
-        weight = self.scale * ctx.strength
-        if ctx.tokens is not None and weight != 0:
-            ip_key, ip_value = self._image_kv(attn.heads, head_dim)
-            ip = F.scaled_dot_product_attention(query, ip_key, ip_value, attn_mask=ctx.bias)
+        for index, group in enumerate(ctx.groups):
+            weight = self.scale * group.strength
+            if not group.active or weight == 0:
+                continue  # skipped, not multiplied by zero: outside its window a group costs nothing
+            ip_key, ip_value = self._image_kv(index, attn.heads, head_dim)
+            ip = F.scaled_dot_product_attention(query, ip_key, ip_value, attn_mask=group.bias)
             ip = ip.transpose(1, 2).reshape(batch_size, -1, attn.heads * head_dim).to(query.dtype)
+            if group.region is not None:
+                ip = ip * group.region.at(ip.shape[1])
             hidden_states = hidden_states + weight * ip
+            ctx.image_attention_calls += 1
 
         hidden_states = attn.to_out[0](hidden_states)
         hidden_states = attn.to_out[1](hidden_states)
