@@ -21,6 +21,7 @@ from ipa_studio.core.images import read_png_metadata, save_png
 from ipa_studio.core.metadata import PARAMETERS_KEY, request_to_metadata
 from ipa_studio.core.models.library import sha256_of
 from ipa_studio.core.request import ControlSpec, GenerationRequest, InitImage, ModelSpec, Reference
+from tests.fixtures.foreign_pngs import A1111_TEXT, COMFY_PROMPT, INVOKE_METADATA, comfy_workflow
 
 HASHES = ModelHashes(base="6ce0161689" + "a" * 54, adapter="c4b5" + "b" * 60, loras=(("detail", "d" * 64),))
 
@@ -159,128 +160,6 @@ def test_hashes_are_cached_until_the_file_changes(tmp_path: Path, monkeypatch) -
 
 
 # --- what others write, read by us ----------------------------------------------------------------
-
-# AUTOMATIC1111 1.10: modules/processing.py create_infotext (field order: Steps, Sampler, Schedule
-# type, CFG scale, Seed, Size, Model hash, Model, ...), quoted values as in its Lora extension.
-A1111_TEXT = (
-    "masterpiece, (best quality:1.2), a red car on a wet street\n"
-    "at night\n"
-    "Negative prompt: lowres, (blurry:1.3)\n"
-    "Steps: 28, Sampler: DPM++ 2M, Schedule type: Karras, CFG scale: 6.5, Seed: 3141592653, "
-    'Size: 512x768, Model hash: 6ce0161689, Model: v1-5-pruned-emaonly, Clip skip: 2, Lora hashes: "detail: '
-    '0123456789ab", Version: v1.10.1'
-)
-
-# ComfyUI's default graph (ids 3-9 as in its default workflow), nodes.py SaveImage writes "prompt"
-# (API format) and "workflow" (the editor's graph). Input names from nodes.py INPUT_TYPES.
-COMFY_PROMPT = {
-    "3": {
-        "class_type": "KSampler",
-        "inputs": {
-            "seed": 156680208700286,
-            "steps": 20,
-            "cfg": 8.0,
-            "sampler_name": "euler_ancestral",
-            "scheduler": "normal",
-            "denoise": 1.0,
-            "model": ["10", 0],
-            "positive": ["6", 0],
-            "negative": ["7", 0],
-            "latent_image": ["5", 0],
-        },
-    },
-    "4": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "sd15\\dreamshaper_8.safetensors"}},
-    "5": {"class_type": "EmptyLatentImage", "inputs": {"width": 576, "height": 448, "batch_size": 1}},
-    "6": {
-        "class_type": "CLIPTextEncode",
-        "inputs": {"text": "beautiful scenery, (glass bottle:1.1)", "clip": ["10", 1]},
-    },
-    "7": {"class_type": "CLIPTextEncode", "inputs": {"text": "text, watermark", "clip": ["10", 1]}},
-    "8": {"class_type": "VAEDecode", "inputs": {"samples": ["3", 0], "vae": ["4", 2]}},
-    "9": {"class_type": "SaveImage", "inputs": {"filename_prefix": "ComfyUI", "images": ["8", 0]}},
-    "10": {
-        "class_type": "LoraLoader",
-        "inputs": {
-            "lora_name": "detail.safetensors",
-            "strength_model": 0.8,
-            "strength_clip": 0.8,
-            "model": ["4", 0],
-            "clip": ["4", 1],
-        },
-    },
-}
-
-
-def comfy_workflow() -> dict:
-    """The same graph as the editor saves it: widgets_values in widget order, links as
-    [id, from node, from slot, to node, to slot, type] (ComfyUI frontend's serialisation)."""
-
-    def node(nid, kind, inputs, widgets):
-        return {
-            "id": nid,
-            "type": kind,
-            "inputs": [{"name": n, "link": link} for n, link in inputs],
-            "widgets_values": widgets,
-        }
-
-    return {
-        "last_node_id": 10,
-        "last_link_id": 12,
-        "nodes": [
-            node(
-                3,
-                "KSampler",
-                [("model", 1), ("positive", 4), ("negative", 6), ("latent_image", 2)],
-                [156680208700286, "randomize", 20, 8, "euler_ancestral", "normal", 1],
-            ),
-            node(4, "CheckpointLoaderSimple", [], ["sd15\\dreamshaper_8.safetensors"]),
-            node(5, "EmptyLatentImage", [], [576, 448, 1]),
-            node(6, "CLIPTextEncode", [("clip", 3)], ["beautiful scenery, (glass bottle:1.1)"]),
-            node(7, "CLIPTextEncode", [("clip", 5)], ["text, watermark"]),
-            node(8, "VAEDecode", [("samples", 7), ("vae", 8)], []),
-            node(9, "SaveImage", [("images", 9)], ["ComfyUI"]),
-            node(10, "LoraLoader", [("model", 10), ("clip", 11)], ["detail.safetensors", 0.8, 0.8]),
-        ],
-        "links": [
-            [1, 10, 0, 3, 0, "MODEL"],
-            [2, 5, 0, 3, 3, "LATENT"],
-            [3, 10, 1, 6, 0, "CLIP"],
-            [4, 6, 0, 3, 1, "CONDITIONING"],
-            [5, 10, 1, 7, 0, "CLIP"],
-            [6, 7, 0, 3, 2, "CONDITIONING"],
-            [7, 3, 0, 8, 0, "LATENT"],
-            [8, 4, 2, 8, 1, "VAE"],
-            [9, 8, 0, 9, 0, "IMAGE"],
-            [10, 4, 0, 10, 0, "MODEL"],
-            [11, 4, 1, 10, 1, "CLIP"],
-        ],
-        "version": 0.4,
-    }
-
-
-# InvokeAI 4.x: invokeai/app/invocations/metadata.py CoreMetadataInvocation, stored as
-# "invokeai_metadata"; model is a ModelIdentifierField (key, hash, name, base, type).
-INVOKE_METADATA = {
-    "generation_mode": "txt2img",
-    "positive_prompt": "a lighthouse at dusk, golden light",
-    "negative_prompt": "blurry",
-    "width": 512,
-    "height": 640,
-    "seed": 2_718_281_828,
-    "rand_device": "cpu",
-    "cfg_scale": 7.0,
-    "cfg_rescale_multiplier": 0,
-    "steps": 30,
-    "scheduler": "dpmpp_2m",
-    "model": {
-        "key": "3f0e4c8a-1b2c-4d5e-8f90-123456789abc",
-        "hash": "sha256:" + "e" * 64,
-        "name": "Dreamshaper 8",
-        "base": "sd-1",
-        "type": "main",
-    },
-    "app_version": "4.2.9",
-}
 
 
 def test_a1111_picture(tmp_path: Path) -> None:
