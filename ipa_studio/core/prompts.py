@@ -51,7 +51,8 @@ COMMA_BACKTRACK = 20
 """A chunk that fills up moves the words after its last comma to the next chunk when that comma is
 at most this many tokens back (A1111's default); 0 would cut exactly at 75 tokens, as ComfyUI does."""
 MAX_CHUNKS = 20
-"""1500 tokens. Longer prompts are refused: each chunk adds 77 keys to every cross-attention layer."""
+"""About 1500 tokens. Longer prompts are refused: each chunk adds 77 keys to every cross-attention
+layer, and a pasted page of text would run the machine out of memory."""
 SAME_LENGTH_LIMIT = 32
 """Chunks the prompt and negative prompt may be repeated to so their lengths match exactly."""
 BUNDLED_TOKENIZER = Path(__file__).resolve().parents[1] / "resources" / "tokenizer"
@@ -91,6 +92,7 @@ _END = r"(?=[\s,;:!?)\]]|\.(?!\d)|$)"
 _GROUP_SUFFIX = re.compile(r"(\d+(?:\.\d*)?|\.\d+|\++|-+)" + _END)
 _WORD_SUFFIX = re.compile(r"(?<![^\s,(\[])(\w(?:[\w'.]|-(?=\w))*?)(\++|-+)" + _END)
 _ENDS_WITH_WEIGHT = re.compile(r":\s*[+-]?[.\d]+\s*$")
+_GROUP_SUFFIX_ANYWHERE = re.compile(r"\)" + _GROUP_SUFFIX.pattern)
 
 
 def _suffix_weight(suffix: str) -> float:
@@ -106,6 +108,8 @@ def _compel_to_a1111(text: str) -> str:
     if "+" not in text and "-" not in text and ")" not in text:
         return text
     text = _WORD_SUFFIX.sub(lambda m: f"({m.group(1)}:{_suffix_weight(m.group(2))!r})", text)
+    if not _GROUP_SUFFIX_ANYWHERE.search(text):
+        return text  # no "(…)1.3" or "(…)+" at all: skip the bracket walk (long prompts, every key)
     # Groups, inner ones first: a stack of output pieces, one level per open bracket.
     levels: list[list[str]] = [[]]
     i, n = 0, len(text)
@@ -316,8 +320,9 @@ def encode_chunks(text_encoder: Any, chunks: PromptChunks, device: Any) -> Any:
         from ipa_studio.core.errors import RequestError
 
         raise RequestError(
-            f"The prompt is {chunks.token_count} tokens long; at most {MAX_CHUNKS * chunks.chunk_length} "
-            f"({MAX_CHUNKS} chunks of {chunks.chunk_length}) can be used. Shorten it."
+            f"The prompt needs {chunks.chunk_count} chunks of {chunks.chunk_length} tokens "
+            f"({chunks.token_count} tokens); at most {MAX_CHUNKS} can be used (about "
+            f"{MAX_CHUNKS * chunks.chunk_length} tokens). Shorten it."
         )
     out = []
     for ids, weights in zip(chunks.ids, chunks.weights, strict=True):

@@ -221,7 +221,9 @@ def test_long_prompt_chunks_equal_each_chunk_encoded_alone(tokenizer, text_encod
 
 def test_too_long_a_prompt_is_refused_clearly(tokenizer, text_encoder) -> None:
     chunks = tokenize_prompt(tokenizer, words(75 * MAX_CHUNKS + 1))
-    with pytest.raises(RequestError, match=r"at most 1500 \(20 chunks of 75\)"):
+    with pytest.raises(
+        RequestError, match=r"needs 21 chunks of 75 tokens \(1501 tokens\); at most 20 can be used"
+    ):
         encode_chunks(text_encoder, chunks, "cpu")
 
 

@@ -90,13 +90,21 @@ class _TextBox(QPlainTextEdit):
 class TokenCount(QLabel):
     """ "82 / 150 tokens · 2 chunks" under a prompt box, updated as one types."""
 
+    DELAY_MS = 40
+    """Keys typed faster than this are counted once, after the last (a count of a 600-token prompt
+    takes a few milliseconds; see benchmarks/prompt_tokens.py)."""
+
     def __init__(self, box: _TextBox) -> None:
         super().__init__()
         self.box = box
         self.setObjectName("tokenCount")
         self.setAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
         self.setToolTip(CHUNK_HELP)
-        box.textChanged.connect(self.refresh)
+        self._timer = QTimer(self)
+        self._timer.setSingleShot(True)
+        self._timer.setInterval(self.DELAY_MS)
+        self._timer.timeout.connect(self.refresh)
+        box.textChanged.connect(self._timer.start)
 
     def refresh(self) -> bool:
         """Count now; False while the tokenizer is still loading."""
@@ -117,10 +125,11 @@ class TokenCount(QLabel):
             tip += "\n\n" + "\n".join(starts)
         too_long = chunks.chunk_count > MAX_CHUNKS
         if too_long:
-            text += f" · too long: at most {MAX_CHUNKS * chunks.chunk_length}"
-        self.setProperty("warning", too_long)
-        self.style().unpolish(self)
-        self.style().polish(self)
+            text += f" · too long: at most {MAX_CHUNKS} chunks"
+        if bool(self.property("warning")) != too_long:
+            self.setProperty("warning", too_long)
+            self.style().unpolish(self)
+            self.style().polish(self)
         self.setText(text)
         self.setToolTip(tip)
         return True
