@@ -244,3 +244,47 @@ def test_invokeai_picture(tmp_path: Path) -> None:
 )
 def test_pictures_without_settings(meta) -> None:
     assert read_foreign_settings(meta) is None
+
+
+@pytest.mark.parametrize("scheduler, schedule", [("dpm++", "SGM Uniform"), ("euler-a", "Uniform")])
+def test_the_schedule_we_write_is_the_one_our_sampler_uses(
+    tiny_sd15: Path, scheduler: str, schedule: str
+) -> None:
+    """The noise levels of the engine's scheduler against A1111's schedules (modules/sd_schedulers.py:
+    "Uniform" = k-diffusion's get_sigmas, t = linspace(999, 0, n); "SGM Uniform" = linspace(999, 0,
+    n + 1)[:-1]; both map t to sigma by interpolating log sigma), and against Karras (rho 7)."""
+    import numpy as np
+    import torch
+
+    from ipa_studio.core.engine import Engine
+    from ipa_studio.core.metadata import A1111_SAMPLERS
+
+    engine = Engine(device="cpu", dtype=torch.float32)
+    engine.load(GenerationRequest(models=ModelSpec(tiny_sd15)))
+    sched = engine._make_scheduler(scheduler)
+    n = 20
+    sched.set_timesteps(n)
+    ours = sched.sigmas.numpy()[:n].astype(np.float64)
+
+    betas = torch.linspace(0.00085**0.5, 0.012**0.5, 1000, dtype=torch.float64) ** 2
+    log_sigmas = (((1 - torch.cumprod(1 - betas, 0)) / torch.cumprod(1 - betas, 0)) ** 0.5).log().numpy()
+
+    def t_to_sigma(t: float) -> float:
+        low = int(np.floor(t))
+        high, w = min(low + 1, 999), t - low
+        return float(np.exp((1 - w) * log_sigmas[low] + w * log_sigmas[high]))
+
+    schedules = {
+        "Uniform": [t_to_sigma(t) for t in np.linspace(999, 0, n)],
+        "SGM Uniform": [t_to_sigma(t) for t in np.linspace(999, 0, n + 1)[:-1]],
+    }
+    lo, hi = np.exp(log_sigmas[0]), np.exp(log_sigmas[-1])
+    ramp = np.linspace(0, 1, n)
+    schedules["Karras"] = list((hi ** (1 / 7) + ramp * (lo ** (1 / 7) - hi ** (1 / 7))) ** 7)
+
+    def off(name: str) -> float:
+        return float(np.max(np.abs(ours - schedules[name]) / schedules[name]))
+
+    assert A1111_SAMPLERS[scheduler][1] == schedule
+    assert off(schedule) < 0.002  # the timesteps are whole numbers in diffusers: 0.2 % at most
+    assert all(off(other) > 0.05 for other in schedules if other != schedule)
