@@ -37,6 +37,14 @@ ADAPTER_VARIANTS = ("global", "plus", "full")
 ADAPTER_FORMATS = ("bin", "safetensors")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def model_hash_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Model hashes the tests compute go to a cache of their own, never the developer's."""
+    path = tmp_path_factory.mktemp("cache") / "model-hashes.json"
+    os.environ["IPA_STUDIO_HASH_CACHE"] = str(path)
+    return path
+
+
 @pytest.fixture(scope="session")
 def tiny_sd15(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny SD1.5-shaped diffusers folder (4-channel UNet)."""

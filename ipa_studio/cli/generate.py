@@ -122,8 +122,13 @@ def add_request_arguments(g: argparse.ArgumentParser) -> None:
         metavar="IMAGE[:WEIGHT]",
         help="reference image, repeatable; WEIGHT (default 1) sets its share among the references",
     )
-    p.add_argument("--prompt", default="", help="text prompt (may be empty for image-only)")
-    p.add_argument("--negative", default="", help="negative prompt")
+    p.add_argument(
+        "--prompt",
+        default="",
+        help="text prompt (may be empty for image-only); A1111 syntax: (word:1.2), (word), [word], BREAK; "
+        "longer than 75 tokens is fine",
+    )
+    p.add_argument("--negative", default="", help="negative prompt (same syntax)")
     p.add_argument(
         "--scale",
         type=parse_scale,

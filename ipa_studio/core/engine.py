@@ -35,6 +35,7 @@ from ipa_studio.core.image_prompt import ImagePrompt, PromptPart, in_window
 from ipa_studio.core.images import content_hash
 from ipa_studio.core.models.loader import BaseModel, load_base_model, load_controlnet, load_image_encoder
 from ipa_studio.core.prepare import Prepared, PreparedReference, prepare
+from ipa_studio.core.prompts import encode_prompt, same_length
 from ipa_studio.core.references import (
     ReferenceStore,
     encoder_fingerprint,
@@ -325,22 +326,25 @@ class Engine:
 
     # ------------------------------------------------------------------ conditioning
     def _encode_text(self, text: str) -> torch.Tensor:
+        """[1, 77 × chunks, dim]: weights, long prompts and BREAK as in ``core/prompts.py``."""
         base = self._base
 
         def make() -> torch.Tensor:
-            tok = base.tokenizer
-            ids = tok(
-                text,
-                padding="max_length",
-                max_length=tok.model_max_length,
-                truncation=True,
-                return_tensors="pt",
-            ).input_ids
             self.stats.text_encoder_calls += 1
             with torch.no_grad():
-                return base.text_encoder(ids.to(self.device))[0].to(self.dtype)
+                return encode_prompt(base.tokenizer, base.text_encoder, text, self.device).to(self.dtype)
 
         return self._text.get_or(text, make)
+
+    def _text_batch(self, r: GenerationRequest, n: int, cfg: bool) -> torch.Tensor:
+        """The UNet's (and ControlNets') text input: negative rows first under guidance."""
+        prompt = self._encode_text(r.prompt)
+        if not cfg:
+            return prompt.repeat(n, 1, 1)
+        negative, prompt = same_length(
+            self._encode_text(r.negative_prompt), prompt, lambda: self._encode_text("")
+        )
+        return torch.cat([negative.repeat(n, 1, 1), prompt.repeat(n, 1, 1)])
 
     # ------------------------------------------------------------------ image prompt
     # Features are cached in memory by (encoder, output, picture, view); references saved in the
@@ -524,9 +528,7 @@ class Engine:
         cfg = r.guidance > 1.0
         generator = torch.Generator("cpu").manual_seed(r.seed)
 
-        prompt = self._encode_text(r.prompt).repeat(n, 1, 1)
-        if cfg:
-            prompt = torch.cat([self._encode_text(r.negative_prompt).repeat(n, 1, 1), prompt])
+        prompt = self._text_batch(r, n, cfg)
 
         image_prompt = None
         if self._adapter is not None:

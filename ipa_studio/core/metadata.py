@@ -8,9 +8,13 @@ Every saved image carries two text chunks:
 
         a cat in a hat
         Negative prompt: blurry
-        Steps: 50, Sampler: ddim, CFG scale: 7.5, Seed: 1, Size: 512x512, IP-Adapter scale: 0.6, ...
+        Steps: 30, Sampler: DPM++ 2M, Schedule type: SGM Uniform, CFG scale: 7.5, Seed: 1,
+        Size: 512x512, Model hash: 6ce0161689, Model: v1-5-pruned-emaonly, IP-Adapter scale: 0.6, ...
 
-    It is for people and for other tools; it is lossy (names, not paths) and never read back.
+    It is for people and for other tools; it is lossy (names, not paths) and never read back by
+    :func:`request_from_metadata`. Samplers carry the names A1111 gives them, with the schedule our
+    diffusers scheduler really uses; ``Model hash`` is A1111's short sha256 (``core/hashes.py``), and
+    ``Hashes`` the JSON object Civitai's extension writes (``{"model": …, "lora:NAME": …}``).
 
 ``ipa-studio``
     JSON with the whole :class:`GenerationRequest`, exact enough that
@@ -37,6 +41,7 @@ from PIL import Image
 
 from ipa_studio import __version__
 from ipa_studio.core.errors import RequestError
+from ipa_studio.core.hashes import ModelHashes, short_hash
 from ipa_studio.core.images import content_hash
 from ipa_studio.core.request import (
     SCHEDULERS,
@@ -69,6 +74,17 @@ does not need a bump for reading old files, but older versions will refuse the n
 
 _MODEL_SUFFIXES = (".safetensors", ".ckpt", ".bin", ".pt", ".pth")
 
+A1111_SAMPLERS: dict[str, tuple[str, str | None]] = {
+    # ours: (A1111's sampler name, A1111's "Schedule type" matching the diffusers scheduler we build
+    # from the SD1.5 config). DDIM: "leading" timesteps + 1, A1111's DDIM exactly, so no schedule.
+    # DPM++ 2M: DPMSolverMultistep (dpmsolver++, order 2), timesteps linspace(999, 0, n + 1)[:-1] =
+    # A1111's "SGM Uniform", not Karras (use_karras_sigmas is off). Euler a: linspace(999, 0, n) =
+    # A1111's "Uniform" (what its "Automatic" means for Euler a).
+    "ddim": ("DDIM", None),
+    "dpm++": ("DPM++ 2M", "SGM Uniform"),
+    "euler-a": ("Euler a", "Uniform"),
+}
+
 
 # --------------------------------------------------------------------------------------------------
 # Writing
@@ -76,15 +92,25 @@ _MODEL_SUFFIXES = (".safetensors", ".ckpt", ".bin", ".pt", ".pth")
 
 
 def request_to_metadata(
-    request: GenerationRequest, *, extra: Mapping[str, Any] | None = None
+    request: GenerationRequest,
+    *,
+    extra: Mapping[str, Any] | None = None,
+    hashes: ModelHashes | None = None,
 ) -> dict[str, str]:
     """PNG text chunks describing ``request``: ``"parameters"`` (human) and ``"ipa-studio"`` (JSON).
 
     ``extra`` holds facts about the result that are not part of the request (the time it took, the
     index of the image in a batch, ...). They are appended to the human line as ``Key: value`` and
     stored under ``"extra"`` in the JSON; values that JSON cannot hold are stored as strings.
+
+    ``hashes`` are the models' sha256; when not given they are looked up in the hash cache or
+    computed (reading each model file once per change), so call this off the GUI thread.
     """
     extra = dict(extra or {})
+    if hashes is None:
+        from ipa_studio.core.hashes import model_hashes
+
+        hashes = model_hashes(request.models.base, request.models.adapter)
     document = {
         "format": "ipa-studio",
         "version": FORMAT_VERSION,
@@ -92,9 +118,10 @@ def request_to_metadata(
         "mode": request.mode,
         "request": _encode(request),
         "extra": extra,
+        "hashes": _encode(hashes),
     }
     return {
-        PARAMETERS_KEY: _parameters_text(request, extra),
+        PARAMETERS_KEY: _parameters_text(request, extra, hashes),
         JSON_KEY: json.dumps(document, ensure_ascii=False, default=str, allow_nan=False),
     }
 
@@ -122,26 +149,36 @@ def _encode(value: Any) -> Any:
     return value
 
 
-def _parameters_text(request: GenerationRequest, extra: Mapping[str, Any]) -> str:
+def _parameters_text(request: GenerationRequest, extra: Mapping[str, Any], hashes: ModelHashes) -> str:
     lines = [request.prompt]
     if request.negative_prompt:
         lines.append(f"Negative prompt: {request.negative_prompt}")
     models = request.models
-    fields: list[tuple[str, Any]] = [
-        ("Steps", request.steps),
-        ("Sampler", request.scheduler),
+    sampler, schedule = A1111_SAMPLERS[request.scheduler]
+    # A1111's order first (its readers expect nothing else, but people compare lines by eye).
+    fields: list[tuple[str, Any]] = [("Steps", request.steps), ("Sampler", sampler)]
+    if schedule is not None:
+        fields.append(("Schedule type", schedule))
+    fields += [
         ("CFG scale", _num(request.guidance)),
         ("Seed", request.seed),
         ("Size", f"{request.width}x{request.height}"),
-        ("IP-Adapter scale", _scale_text(request.scale)),
+    ]
+    if hashes.base is not None:
+        fields.append(("Model hash", short_hash(hashes.base)))
+    fields += [
         ("Model", _model_name(models.base)),
+        ("IP-Adapter scale", _scale_text(request.scale)),
     ]
     if models.adapter is not None:
         fields.append(("Adapter", _model_name(models.adapter)))
+        if hashes.adapter is not None:
+            fields.append(("Adapter hash", short_hash(hashes.adapter)))
     if models.image_encoder is not None:
         fields.append(("Image encoder", _model_name(models.image_encoder)))
     if request.references:
-        weights = ", ".join(_num(r.weight) for r in request.references)
+        # "; " rather than ", ": simple readers (sd-parsers) split the whole line at every comma.
+        weights = "; ".join(_num(r.weight) for r in request.references)
         fields.append(("Reference weights", weights))
     if request.mode != "txt2img":
         fields.append(("Mode", request.mode))
@@ -159,8 +196,23 @@ def _parameters_text(request: GenerationRequest, extra: Mapping[str, Any]) -> st
     fields.extend(_image_prompt_fields(request))
     fields.extend((str(k), v) for k, v in extra.items())
     fields.append(("Version", f"ipa-studio {__version__}"))
-    lines.append(", ".join(f"{key}: {_quote(str(value))}" for key, value in fields))
+    text = ", ".join(f"{key}: {_quote(str(value))}" for key, value in fields)
+    site_hashes = _site_hashes(hashes)
+    if site_hashes:
+        # Written last and unquoted, as Civitai's extension writes it; readers find it by its braces.
+        text += f", Hashes: {json.dumps(site_hashes, ensure_ascii=False)}"
+    lines.append(text)
     return "\n".join(lines)
+
+
+def _site_hashes(hashes: ModelHashes) -> dict[str, str]:
+    """Civitai's ``Hashes`` object: the short hashes of the checkpoint and of each LoRA."""
+    out: dict[str, str] = {}
+    if hashes.base is not None:
+        out["model"] = short_hash(hashes.base)
+    for name, h in hashes.loras:
+        out[f"lora:{name}"] = short_hash(h)
+    return out
 
 
 def _num(value: float) -> str:

@@ -11,7 +11,16 @@ import logging
 from pathlib import Path
 
 from PySide6.QtCore import QByteArray, Qt, QTimer, QUrl, Signal
-from PySide6.QtGui import QCloseEvent, QDesktopServices, QGuiApplication, QImage, QKeySequence, QShortcut
+from PySide6.QtGui import (
+    QCloseEvent,
+    QDesktopServices,
+    QDragEnterEvent,
+    QDropEvent,
+    QGuiApplication,
+    QImage,
+    QKeySequence,
+    QShortcut,
+)
 from PySide6.QtWidgets import (
     QFrame,
     QHBoxLayout,
@@ -27,11 +36,13 @@ from PySide6.QtWidgets import (
 )
 
 from ipa_studio.core.errors import IPAStudioError
+from ipa_studio.core.foreign_metadata import read_foreign_settings
 from ipa_studio.core.images import read_png_metadata
-from ipa_studio.core.metadata import request_from_metadata
+from ipa_studio.core.metadata import JSON_KEY, request_from_metadata
 from ipa_studio.core.request import GenerationRequest, ModelSpec
 from ipa_studio.core.settings import Settings, save_settings
 from ipa_studio.gui.canvas.editor import CanvasEditor
+from ipa_studio.gui.foreign_settings import apply_foreign_settings
 from ipa_studio.gui.library import LibraryWorker, library_root
 from ipa_studio.gui.loader import ImageLoader
 from ipa_studio.gui.model_check import check_model
@@ -104,6 +115,10 @@ class MainWindow(QMainWindow):
 
         self._build()
         self._connect()
+        # A picture dropped anywhere no panel takes it (the large view included) opens its settings.
+        self.setAcceptDrops(True)
+        self.view.setAcceptDrops(False)
+        self.view.viewport().setAcceptDrops(False)
         self._restore_layout()
         self.worker.start()
         self._preload()
@@ -502,6 +517,54 @@ class MainWindow(QMainWindow):
                 f"Settings of {Path(path).name} restored; the seed is kept, so Generate makes it again."
             )
         return True
+
+    def open_settings(self, path: str | Path) -> bool:
+        """Put the settings stored in a PNG into the panels: IPA Studio's own (everything), or those
+        AUTOMATIC1111, ComfyUI or InvokeAI wrote (prompt, negative, seed, steps, guidance, size,
+        sampler, model)."""
+        path = Path(path)
+        try:
+            meta = read_png_metadata(path)
+        except IPAStudioError as exc:
+            self.show_error(str(exc))
+            return False
+        if JSON_KEY in meta:
+            return self.reuse_settings(path)
+        found = read_foreign_settings(meta)
+        if found is None:
+            self.show_error(
+                f"{path.name} holds no generation settings IPA Studio can read (it reads pictures made "
+                "by IPA Studio, AUTOMATIC1111 and similar, ComfyUI and InvokeAI)."
+            )
+            return False
+        entries = self.picker.snapshot.entries
+        from ipa_studio.core.hashes import default_cache
+
+        known = default_cache().known(str(e.path) for e in entries if e.kind == "base" and not e.sha256)
+        notes = apply_foreign_settings(self.state, found, entries, known)
+        self.tabs.setCurrentIndex(CREATE_TAB)
+        self.show_note(
+            " ".join([f"Settings of {path.name} ({found.source}) restored; the seed is kept.", *notes])
+        )
+        return True
+
+    @staticmethod
+    def _dropped_pngs(event: QDragEnterEvent | QDropEvent) -> list[Path]:
+        mime = event.mimeData()
+        if not mime.hasUrls():
+            return []
+        paths = [Path(u.toLocalFile()) for u in mime.urls() if u.isLocalFile()]
+        return [p for p in paths if p.suffix.lower() == ".png"]
+
+    def dragEnterEvent(self, event: QDragEnterEvent) -> None:  # noqa: N802 - Qt override
+        if self._dropped_pngs(event):
+            event.acceptProposedAction()
+
+    def dropEvent(self, event: QDropEvent) -> None:  # noqa: N802 - Qt override
+        paths = self._dropped_pngs(event)
+        if paths:
+            event.acceptProposedAction()
+            self.open_settings(paths[0])
 
     def _show_control_map(self, image: QImage, caption: str) -> None:
         self._live = False  # a running job's next preview would otherwise replace the map at once

@@ -18,6 +18,8 @@ QLabel#pageTitle {{ font-size: 15pt; font-weight: 600; color: #f2f2f5; }}
 QLabel#summary {{ font-size: 10.5pt; color: #dcdce0; }}
 QLabel#hint, QLabel#caption {{ color: #9a9aa2; }}
 QLabel#fieldLabel {{ color: #c8c8ce; }}
+QLabel#tokenCount {{ color: #8a8a92; font-size: 8.5pt; }}
+QLabel#tokenCount[warning="true"] {{ color: #e0803a; }}
 QLabel#pathLabel {{ color: #b8b8c0; font-family: monospace; }}
 QLabel#referenceName {{ font-weight: 600; }}
 QFrame#referenceCard {{ background: #323237; border: 1px solid #414147; border-radius: 6px; }}

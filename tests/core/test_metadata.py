@@ -142,8 +142,8 @@ def test_parameters_line_is_human_readable() -> None:
     assert lines[0] == "a cat"
     assert lines[1] == "Negative prompt: blurry"
     assert lines[2].startswith(
-        "Steps: 30, Sampler: ddim, CFG scale: 7.5, Seed: 1, Size: 512x512, IP-Adapter scale: 0.6, "
-        "Model: dreamshaper_8, Adapter: ip-adapter_sd15"
+        "Steps: 30, Sampler: DDIM, CFG scale: 7.5, Seed: 1, Size: 512x512, Model: dreamshaper_8, "
+        "IP-Adapter scale: 0.6, Adapter: ip-adapter_sd15"
     )
     assert "Time taken: 3.2 s" in lines[2]
 
@@ -151,7 +151,8 @@ def test_parameters_line_is_human_readable() -> None:
 def test_parameters_quote_values_with_separators() -> None:
     request = full_request()
     line = request_to_metadata(request)[PARAMETERS_KEY].split("\n")[-1]
-    assert 'Reference weights: "0.7, 0.3"' in line
+    assert "Reference weights: 0.7; 0.3" in line
+    assert 'ControlNet 0: "Model: openpose, Weight: 0.8, Start: 0.1, End: 0.9"' in line
     assert "Denoising strength: 0.55" in line
     assert "Mode: inpaint+controlnet" in line
 

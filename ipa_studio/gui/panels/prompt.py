@@ -1,12 +1,63 @@
-"""The text prompt and the negative prompt."""
+"""The text prompt and the negative prompt, each with its token count."""
 
 from __future__ import annotations
 
-from PySide6.QtGui import QTextCursor
-from PySide6.QtWidgets import QLabel, QPlainTextEdit, QWidget
+import logging
+import threading
+from typing import Any
+
+from PySide6.QtCore import Qt, QTimer
+from PySide6.QtGui import QDragEnterEvent, QTextCursor
+from PySide6.QtWidgets import QHBoxLayout, QLabel, QPlainTextEdit, QWidget
 
 from ipa_studio.gui.state import ViewState
 from ipa_studio.gui.widgets.section import Section
+
+log = logging.getLogger("ipa_studio.gui")
+
+CHUNK_HELP = (
+    "Prompts are read in chunks of 75 tokens (words and word pieces); a longer prompt simply gets "
+    "another chunk. Write BREAK to start a new chunk yourself. (word:1.2) gives a word more weight, "
+    "[word] less."
+)
+
+
+class _SharedTokenizer:
+    """SD1.5's tokenizer, loaded once per process on a background thread so typing never waits for
+    it; ``get()`` is ``None`` until it is there. Counting with it takes well under a millisecond."""
+
+    def __init__(self) -> None:
+        self._tokenizer: Any = None
+        self._failed = False
+        self._lock = threading.Lock()
+        self._started = False
+
+    def start(self) -> None:
+        with self._lock:
+            if self._started:
+                return
+            self._started = True
+        # A daemon thread: loading reads two small files and is never waited for at exit.
+        threading.Thread(target=self._load, name="ipa-studio-tokenizer", daemon=True).start()
+
+    def _load(self) -> None:
+        try:
+            from ipa_studio.core.prompts import load_bundled_tokenizer
+
+            self._tokenizer = load_bundled_tokenizer()
+        except Exception:  # the count is a help; the window works without it
+            log.exception("the tokenizer for the token count could not be loaded")
+            self._failed = True
+
+    def get(self) -> Any:
+        return self._tokenizer
+
+    @property
+    def failed(self) -> bool:
+        return self._failed
+
+
+TOKENIZER = _SharedTokenizer()
 
 
 class _TextBox(QPlainTextEdit):
@@ -28,6 +79,61 @@ class _TextBox(QPlainTextEdit):
         cursor.insertText(text)
         self.setTextCursor(cursor)
 
+    def dragEnterEvent(self, event: QDragEnterEvent) -> None:  # noqa: N802 - Qt override
+        # A picture file dropped here is for the window (its settings open), not a path to type in.
+        if event.mimeData().hasUrls() and any(u.isLocalFile() for u in event.mimeData().urls()):
+            event.ignore()
+            return
+        super().dragEnterEvent(event)
+
+
+class TokenCount(QLabel):
+    """ "82 / 150 tokens · 2 chunks" under a prompt box, updated as one types."""
+
+    DELAY_MS = 40
+    """Keys typed faster than this are counted once, after the last (a count of a 600-token prompt
+    takes a few milliseconds; see benchmarks/prompt_tokens.py)."""
+
+    def __init__(self, box: _TextBox) -> None:
+        super().__init__()
+        self.box = box
+        self.setObjectName("tokenCount")
+        self.setAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
+        self.setToolTip(CHUNK_HELP)
+        self._timer = QTimer(self)
+        self._timer.setSingleShot(True)
+        self._timer.setInterval(self.DELAY_MS)
+        self._timer.timeout.connect(self.refresh)
+        box.textChanged.connect(self._timer.start)
+
+    def refresh(self) -> bool:
+        """Count now; False while the tokenizer is still loading."""
+        tokenizer = TOKENIZER.get()
+        if tokenizer is None:
+            return False
+        from ipa_studio.core.prompts import MAX_CHUNKS, tokenize_prompt
+
+        chunks = tokenize_prompt(tokenizer, self.box.toPlainText())
+        text = chunks.describe()
+        tip = CHUNK_HELP
+        if chunks.chunk_count > 1:
+            starts = []
+            for k, ids in enumerate(chunks.ids[1:], start=2):
+                body = [i for i in ids[1:] if i not in (tokenizer.eos_token_id, tokenizer.pad_token_id)]
+                words = tokenizer.decode(body[:6]).strip()
+                starts.append(f"Chunk {k} starts with “{words}…”" if words else f"Chunk {k} is empty")
+            tip += "\n\n" + "\n".join(starts)
+        too_long = chunks.chunk_count > MAX_CHUNKS
+        if too_long:
+            text += f" · too long: at most {MAX_CHUNKS} chunks"
+        if bool(self.property("warning")) != too_long:
+            self.setProperty("warning", too_long)
+            self.style().unpolish(self)
+            self.style().polish(self)
+        self.setText(text)
+        self.setToolTip(tip)
+        return True
+
 
 class PromptPanel(Section):
     def __init__(self, state: ViewState, parent: QWidget | None = None) -> None:
@@ -37,6 +143,7 @@ class PromptPanel(Section):
             "e.g. a cat wearing a tiny wizard hat, studio light",
             3,
             "What the picture should show, in words. Leave it empty to follow only the reference images. "
+            "(word:1.2) or word+ weighs a word more, [word] less; long prompts are fine. "
             "Ctrl+Enter generates.",
         )
         self.negative = _TextBox(
@@ -44,11 +151,18 @@ class PromptPanel(Section):
             2,
             "What the picture should not show (negative prompt).",
         )
+        self.prompt_count = TokenCount(self.prompt)
+        self.negative_count = TokenCount(self.negative)
         self.body.addWidget(self.prompt)
+        self.body.addWidget(self.prompt_count)
         avoid = QLabel("Avoid")
         avoid.setObjectName("fieldLabel")
         avoid.setToolTip(self.negative.toolTip())
-        self.body.addWidget(avoid)
+        avoid_row = QHBoxLayout()
+        avoid_row.addWidget(avoid)
+        avoid_row.addStretch(1)
+        avoid_row.addWidget(self.negative_count)
+        self.body.addLayout(avoid_row)
         self.body.addWidget(self.negative)
 
         self.prompt.set_text_keeping_undo(state.prompt)
@@ -56,6 +170,20 @@ class PromptPanel(Section):
         self.prompt.textChanged.connect(lambda: state.set("prompt", self.prompt.toPlainText()))
         self.negative.textChanged.connect(lambda: state.set("negative_prompt", self.negative.toPlainText()))
         state.changed.connect(self._on_state)
+
+        TOKENIZER.start()
+        # Until the tokenizer is loaded (a fraction of a second), look again now and then.
+        self._waiting = QTimer(self)
+        self._waiting.setInterval(100)
+        self._waiting.timeout.connect(self._count_when_ready)
+        if not self._count_when_ready():
+            self._waiting.start()
+
+    def _count_when_ready(self) -> bool:
+        ready = self.prompt_count.refresh() and self.negative_count.refresh()
+        if ready or TOKENIZER.failed:
+            self._waiting.stop()
+        return ready
 
     def _on_state(self, name: str) -> None:
         if name == "prompt":

@@ -1,0 +1,370 @@
+"""Prompts as people write them: emphasis weights, prompts longer than 77 tokens, ``BREAK``.
+
+The rules are AUTOMATIC1111's, because the prompts people bring come from A1111 and from model sites
+whose example prompts were made with it:
+
+Weights (A1111 ``modules/prompt_parser.py``, ``parse_prompt_attention``)
+    ``(word)`` multiplies the weight of its text by 1.1, ``[word]`` divides it by 1.1, ``(word:1.3)``
+    multiplies it by 1.3; brackets nest and multiply; ``\\(`` ``\\)`` ``\\[`` ``\\]`` ``\\\\`` are the
+    literal characters; a bracket left open applies to the end of the prompt.
+    Compel's spellings are understood too and mean the same multipliers: ``word+`` / ``word++`` (×1.1
+    per ``+``), ``word-`` (×0.9 per ``-``), ``(some words)1.3``, ``(some words)+``. They are only
+    recognised where they end a word (before a space, a comma, a bracket or the end), so ``1girl``
+    or ``close-up`` stay plain text; a prompt really meaning ``C++`` is read as ``C`` weighted 1.21.
+
+How a weight acts (A1111 ``modules/sd_emphasis.py``, the default "Original" emphasis)
+    Each 77-token chunk is encoded as usual, each token's hidden state is multiplied by its weight,
+    and the chunk is then scaled back so the mean of all its values is what it was unweighted. This is
+    not compel's rule (compel scales each token's difference from the empty prompt, and blends
+    down-weighted text with the prompt without it) nor ComfyUI's (the difference from the empty prompt,
+    without renormalising): with those, an A1111 prompt comes out visibly stronger or weaker than on
+    the site it was copied from.
+
+Long prompts (A1111 ``modules/sd_hijack_clip.py``, ``tokenize_line``)
+    The text is cut into chunks of 75 tokens; each becomes BOS + 75 tokens + EOS (padding with EOS's
+    pad token) = 77, is encoded on its own, and the encodings are put side by side: a 150-token prompt
+    gives 2 × 77 = 154 text tokens. ``BREAK`` (in capitals) ends the current chunk. When a chunk fills
+    up and a comma lies within the last 20 tokens, the words after that comma move to the next chunk,
+    so a chunk boundary rarely cuts a phrase in two (A1111's default ``comma_padding_backtrack`` = 20).
+
+An unweighted prompt of at most 75 tokens becomes exactly the ids ``tokenizer(text,
+padding="max_length", truncation=True)`` gives and is encoded by the same single call, so it is
+bit-identical to diffusers' own encoding.
+
+Everything works through the model's own ``tokenizer`` and ``text_encoder``, so tokens added to them
+(textual inversion: new rows in the embedding matrix and the tokenizer) are used like any other word.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+ROUND_MULTIPLIER = 1.1
+SQUARE_MULTIPLIER = 1 / 1.1
+COMPEL_UP, COMPEL_DOWN = 1.1, 0.9
+COMMA_BACKTRACK = 20
+"""A chunk that fills up moves the words after its last comma to the next chunk when that comma is
+at most this many tokens back (A1111's default); 0 would cut exactly at 75 tokens, as ComfyUI does."""
+MAX_CHUNKS = 20
+"""About 1500 tokens. Longer prompts are refused: each chunk adds 77 keys to every cross-attention
+layer, and a pasted page of text would run the machine out of memory."""
+SAME_LENGTH_LIMIT = 32
+"""Chunks the prompt and negative prompt may be repeated to so their lengths match exactly."""
+BUNDLED_TOKENIZER = Path(__file__).resolve().parents[1] / "resources" / "tokenizer"
+"""SD1.5's CLIP tokenizer, the one every SD1.5 model uses (for counting tokens without a model)."""
+
+
+@dataclass(frozen=True)
+class Fragment:
+    """A run of prompt text with one weight; ``is_break`` marks a ``BREAK`` (its text is empty)."""
+
+    text: str
+    weight: float = 1.0
+    is_break: bool = False
+
+
+# --------------------------------------------------------------------------------------------------
+# Parsing
+# --------------------------------------------------------------------------------------------------
+
+# The token kinds of A1111's re_attention, in its order: escapes, brackets, ":number)" closing a
+# weighted group, and plain text. A lone backslash is an escape of nothing and disappears, as there.
+_ATTENTION = re.compile(
+    r"""
+    \\\( | \\\) | \\\[ | \\] | \\\\ | \\
+    | \( | \[
+    | :\s*([+-]?[.\d]+)\s*\)
+    | \) | ]
+    | [^\\()\[\]:]+
+    | :
+    """,
+    re.X,
+)
+_BREAK = re.compile(r"\s*\bBREAK\b\s*", re.S)
+
+# Compel's suffixes: a weight or a run of + / - right after ")" or a word, ending there.
+_END = r"(?=[\s,;:!?)\]]|\.(?!\d)|$)"
+_GROUP_SUFFIX = re.compile(r"(\d+(?:\.\d*)?|\.\d+|\++|-+)" + _END)
+_WORD_SUFFIX = re.compile(r"(?<![^\s,(\[])(\w(?:[\w'.]|-(?=\w))*?)(\++|-+)" + _END)
+_ENDS_WITH_WEIGHT = re.compile(r":\s*[+-]?[.\d]+\s*$")
+_GROUP_SUFFIX_ANYWHERE = re.compile(r"\)" + _GROUP_SUFFIX.pattern)
+
+
+def _suffix_weight(suffix: str) -> float:
+    if suffix[0] == "+":
+        return COMPEL_UP ** len(suffix)
+    if suffix[0] == "-":
+        return COMPEL_DOWN ** len(suffix)
+    return float(suffix)
+
+
+def _compel_to_a1111(text: str) -> str:
+    """Rewrite compel's ``word++`` and ``(words)1.3`` as A1111's ``(word:1.21)`` and ``(words:1.3)``."""
+    if "+" not in text and "-" not in text and ")" not in text:
+        return text
+    text = _WORD_SUFFIX.sub(lambda m: f"({m.group(1)}:{_suffix_weight(m.group(2))!r})", text)
+    if not _GROUP_SUFFIX_ANYWHERE.search(text):
+        return text  # no "(…)1.3" or "(…)+" at all: skip the bracket walk (long prompts, every key)
+    # Groups, inner ones first: a stack of output pieces, one level per open bracket.
+    levels: list[list[str]] = [[]]
+    i, n = 0, len(text)
+    while i < n:
+        c = text[i]
+        if c == "\\" and i + 1 < n:
+            levels[-1].append(text[i : i + 2])
+            i += 2
+            continue
+        if c == "(":
+            levels.append([])
+            i += 1
+            continue
+        if c == ")" and len(levels) > 1:
+            inner = "".join(levels.pop())
+            suffix = _GROUP_SUFFIX.match(text, i + 1)
+            if suffix is None:
+                levels[-1].append(f"({inner})")
+                i += 1
+                continue
+            weight = _suffix_weight(suffix.group(1))
+            # compel's "(x)" alone means weight 1; with a suffix the suffix is the whole weight, on
+            # top of one the group already carries ("(x:1.2)+" = 1.32).
+            if _ENDS_WITH_WEIGHT.search(inner):
+                levels[-1].append(f"(({inner}):{weight!r})")
+            else:
+                levels[-1].append(f"({inner}:{weight!r})")
+            i = suffix.end()
+            continue
+        levels[-1].append(c)
+        i += 1
+    while len(levels) > 1:  # unclosed brackets stay as they were written
+        inner = "".join(levels.pop())
+        levels[-1].append("(" + inner)
+    return "".join(levels[0])
+
+
+def parse_prompt(text: str) -> list[Fragment]:
+    """The prompt as runs of text with their weights, and ``BREAK`` markers (A1111's rule):
+    ``"an (important) word"`` → ``an `` 1.0, ``important`` 1.1, `` word`` 1.0."""
+    text = _compel_to_a1111(text)
+    pieces: list[list[Any]] = []  # [text, weight, is_break]
+    round_open: list[int] = []
+    square_open: list[int] = []
+
+    def multiply(start: int, factor: float) -> None:
+        for piece in pieces[start:]:
+            if not piece[2]:
+                piece[1] *= factor
+
+    for m in _ATTENTION.finditer(text):
+        token, weight = m.group(0), m.group(1)
+        if token.startswith("\\"):
+            pieces.append([token[1:], 1.0, False])
+        elif token == "(":
+            round_open.append(len(pieces))
+        elif token == "[":
+            square_open.append(len(pieces))
+        elif weight is not None and round_open:
+            multiply(round_open.pop(), float(weight))
+        elif token == ")" and round_open:
+            multiply(round_open.pop(), ROUND_MULTIPLIER)
+        elif token == "]" and square_open:
+            multiply(square_open.pop(), SQUARE_MULTIPLIER)
+        else:
+            for k, part in enumerate(_BREAK.split(token)):
+                if k > 0:
+                    pieces.append(["", 1.0, True])
+                pieces.append([part, 1.0, False])
+    for start in round_open:
+        multiply(start, ROUND_MULTIPLIER)
+    for start in square_open:
+        multiply(start, SQUARE_MULTIPLIER)
+
+    merged: list[list[Any]] = []
+    for piece in pieces:
+        if merged and not piece[2] and not merged[-1][2] and merged[-1][1] == piece[1]:
+            merged[-1][0] += piece[0]
+        else:
+            merged.append(piece)
+    if not merged:
+        merged = [["", 1.0, False]]
+    return [Fragment(t, float(w), bool(b)) for t, w, b in merged]
+
+
+# --------------------------------------------------------------------------------------------------
+# Tokens and chunks
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PromptChunks:
+    """A prompt as the text encoder sees it: chunks of exactly ``chunk_length + 2`` ids each."""
+
+    ids: tuple[tuple[int, ...], ...]
+    weights: tuple[tuple[float, ...], ...]
+    token_count: int
+    """Tokens of the prompt itself (no BOS / EOS / padding)."""
+    chunk_length: int = 75
+
+    @property
+    def chunk_count(self) -> int:
+        return len(self.ids)
+
+    @property
+    def capacity(self) -> int:
+        """How many tokens the chunks hold: 75 per chunk."""
+        return self.chunk_count * self.chunk_length
+
+    @property
+    def weighted(self) -> bool:
+        return any(w != 1.0 for chunk in self.weights for w in chunk)
+
+    def describe(self) -> str:
+        """ "82 / 150 tokens · 2 chunks", as the window shows it."""
+        text = f"{self.token_count} / {self.capacity} tokens"
+        if self.chunk_count > 1:
+            text += f" · {self.chunk_count} chunks"
+        return text
+
+
+def tokenize_prompt(tokenizer: Any, text: str, *, comma_backtrack: int = COMMA_BACKTRACK) -> PromptChunks:
+    """Parse ``text`` and cut its tokens into chunks, following A1111's ``tokenize_line``."""
+    fragments = parse_prompt(text)
+    chunk_length = int(tokenizer.model_max_length) - 2
+    bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
+    comma = tokenizer.convert_tokens_to_ids(",</w>")
+    texts = [f.text for f in fragments if not f.is_break]
+    # Each run is tokenized on its own, as A1111 does: a weight boundary is a word boundary.
+    tokenized = iter(
+        tokenizer(texts, add_special_tokens=False, truncation=False, verbose=False)["input_ids"]
+        if texts
+        else []
+    )
+
+    chunks_ids: list[tuple[int, ...]] = []
+    chunks_weights: list[tuple[float, ...]] = []
+    ids: list[int] = []
+    weights: list[float] = []
+    last_comma = -1
+    count = 0
+
+    def close_chunk() -> None:
+        nonlocal ids, weights, last_comma
+        filler = chunk_length - len(ids)
+        # BOS, the tokens, EOS, then padding: the layout tokenizer(padding="max_length") makes.
+        row = [bos, *ids, eos] + [pad] * filler
+        chunks_ids.append(tuple(row))
+        chunks_weights.append(tuple([1.0, *weights, 1.0] + [1.0] * filler))
+        ids, weights, last_comma = [], [], -1
+
+    for fragment in fragments:
+        if fragment.is_break:
+            close_chunk()
+            continue
+        for token in next(tokenized):
+            if token == comma:
+                last_comma = len(ids)
+            elif (
+                comma_backtrack
+                and len(ids) == chunk_length
+                and last_comma != -1
+                and len(ids) - last_comma <= comma_backtrack
+            ):
+                cut = last_comma + 1
+                moved_ids, moved_weights = ids[cut:], weights[cut:]
+                ids, weights = ids[:cut], weights[:cut]
+                close_chunk()
+                ids, weights = moved_ids, moved_weights
+            if len(ids) == chunk_length:
+                close_chunk()
+            ids.append(token)
+            weights.append(fragment.weight)
+            count += 1
+    if ids or not chunks_ids:
+        close_chunk()
+    return PromptChunks(tuple(chunks_ids), tuple(chunks_weights), count, chunk_length)
+
+
+def load_bundled_tokenizer() -> Any:
+    """The SD1.5 tokenizer shipped with IPA Studio (takes ~0.1 s after transformers is imported)."""
+    from transformers import CLIPTokenizer
+
+    return CLIPTokenizer.from_pretrained(BUNDLED_TOKENIZER, local_files_only=True)
+
+
+# --------------------------------------------------------------------------------------------------
+# Encoding
+# --------------------------------------------------------------------------------------------------
+
+
+def apply_weights(hidden: Any, weights: Any) -> Any:
+    """A1111's "Original" emphasis on one chunk: scale each token, then restore the chunk's mean.
+
+    ``hidden`` is [batch, 77, dim], ``weights`` [77] (same device and dtype).
+    """
+    original_mean = hidden.mean()
+    hidden = hidden * weights.reshape(1, -1, 1)
+    return hidden * (original_mean / hidden.mean())
+
+
+def encode_chunks(text_encoder: Any, chunks: PromptChunks, device: Any) -> Any:
+    """[1, 77 × chunks, dim]: each chunk through the text encoder on its own, weighted, side by side."""
+    import torch
+
+    if chunks.chunk_count > MAX_CHUNKS:
+        from ipa_studio.core.errors import RequestError
+
+        raise RequestError(
+            f"The prompt needs {chunks.chunk_count} chunks of {chunks.chunk_length} tokens "
+            f"({chunks.token_count} tokens); at most {MAX_CHUNKS} can be used (about "
+            f"{MAX_CHUNKS * chunks.chunk_length} tokens). Shorten it."
+        )
+    out = []
+    for ids, weights in zip(chunks.ids, chunks.weights, strict=True):
+        hidden = text_encoder(torch.tensor([ids], device=device))[0]
+        if any(w != 1.0 for w in weights):
+            hidden = apply_weights(hidden, torch.tensor(weights, device=hidden.device, dtype=hidden.dtype))
+        out.append(hidden)
+    return out[0] if len(out) == 1 else torch.cat(out, dim=1)
+
+
+def encode_prompt(tokenizer: Any, text_encoder: Any, text: str, device: Any) -> Any:
+    """``text`` → [1, 77 × chunks, dim] text-encoder hidden states, weights applied."""
+    return encode_chunks(text_encoder, tokenize_prompt(tokenizer, text), device)
+
+
+def same_length(
+    negative: Any, positive: Any, empty: Callable[[], Any], chunk_tokens: int = 77
+) -> tuple[Any, Any]:
+    """The two encodings made equally long so they can share one classifier-free-guidance batch.
+
+    Each is repeated whole up to the least common multiple of their chunk counts. Attention over a
+    sequence repeated k times equals attention over it once (every key gains k copies, the softmax's
+    numerator and denominator alike), so this gives what encoding them in separate UNet passes gives:
+    A1111's default and ComfyUI's own way (``cond_cat``). When the multiple would exceed
+    ``SAME_LENGTH_LIMIT`` chunks, the shorter one is padded with ``empty()`` chunks (the empty prompt's
+    encoding) instead, as A1111's "Pad prompt/negative prompt" option does; that changes the picture
+    slightly, where the exact way would cost too much memory.
+    """
+    import torch
+
+    a, b = negative.shape[1] // chunk_tokens, positive.shape[1] // chunk_tokens
+    if a == b:
+        return negative, positive
+    multiple = math.lcm(a, b)
+    if multiple <= SAME_LENGTH_LIMIT:
+        return negative.repeat(1, multiple // a, 1), positive.repeat(1, multiple // b, 1)
+    longest = max(a, b)
+    blank = empty()
+
+    def pad(x: Any, chunks: int) -> Any:
+        if chunks == longest:
+            return x
+        return torch.cat([x, blank.expand(x.shape[0], -1, -1).repeat(1, longest - chunks, 1)], dim=1)
+
+    return pad(negative, a), pad(positive, b)
