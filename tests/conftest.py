@@ -89,3 +89,39 @@ def reference_images() -> list[Image.Image]:
         make_reference_image(1, size=(64, 64)),
         make_reference_image(2, size=(40, 90)),
     ]
+
+
+@pytest.fixture(scope="session")
+def tiny_configs_only(tmp_path_factory: pytest.TempPathFactory, tiny_sd15: Path) -> Path:
+    """The tiny SD folder's configs and tokenizer without weights: ``from_single_file(config=…)``."""
+    from tests.fixtures.real_layouts import config_only_copy
+
+    return config_only_copy(tiny_sd15, tmp_path_factory.mktemp("configs") / "tiny-sd15-config")
+
+
+@pytest.fixture(scope="session")
+def tiny_inpaint_configs_only(tmp_path_factory: pytest.TempPathFactory, tiny_sd15_inpaint: Path) -> Path:
+    from tests.fixtures.real_layouts import config_only_copy
+
+    return config_only_copy(tiny_sd15_inpaint, tmp_path_factory.mktemp("configs") / "tiny-inpaint-config")
+
+
+@pytest.fixture(scope="session")
+def _tiny_resources(
+    tmp_path_factory: pytest.TempPathFactory, tiny_sd15: Path, tiny_image_encoder: Path, tiny_controlnet: Path
+) -> Path:
+    from tests.fixtures.real_layouts import tiny_resources
+
+    return tiny_resources(
+        tmp_path_factory.mktemp("resources") / "resources", tiny_sd15, tiny_image_encoder, tiny_controlnet
+    )
+
+
+@pytest.fixture()
+def tiny_as_bundled(monkeypatch: pytest.MonkeyPatch, _tiny_resources: Path) -> Path:
+    """The app's bundled SD1.5 / image-encoder / ControlNet configs replaced by the tiny models' ones
+    for this test: tiny single files are then what real SD1.5 files are to the app."""
+    from ipa_studio.core.models import loader
+
+    monkeypatch.setattr(loader, "bundled_resources", lambda: _tiny_resources)
+    return _tiny_resources

@@ -173,14 +173,16 @@ def convert_to_safetensors(src: Path, dest: Path) -> Path:
     """Write the weights of a pickle checkpoint as ``.safetensors`` (read safely; atomic write).
 
     Only tensors are kept (training leftovers are dropped). An SD ``.ckpt``'s "state_dict" is
-    unwrapped; an adapter's nested ``image_proj`` / ``ip_adapter`` become the official flat prefixes.
+    unwrapped and its text encoder written in the standard layout; an adapter's nested
+    ``image_proj`` / ``ip_adapter`` become the official flat prefixes.
     """
     from safetensors.torch import save_file
 
+    from ipa_studio.core.models.convert import standardize_checkpoint
     from ipa_studio.core.models.detect import flatten_state
     from ipa_studio.core.models.safe_load import load_weights
 
-    state = flatten_state(load_weights(src))
+    state = standardize_checkpoint(flatten_state(load_weights(src)))
     if not state:
         raise ModelFileError(f"'{src.name}' holds no weights to convert.")
     # safetensors refuses tensors sharing memory; a private contiguous copy of each is always accepted.
@@ -618,8 +620,14 @@ def _pick_repo_files(repo_id: str, files: Mapping[str, Any]) -> list[str]:
     if "model_index.json" in files:
         chosen = ["model_index.json"]
         for part in ("unet", "vae", "text_encoder"):
-            options = [f"{part}/diffusion_pytorch_model.safetensors", f"{part}/model.safetensors"]
-            options += [f"{part}/diffusion_pytorch_model.bin", f"{part}/pytorch_model.bin"]
+            # Plain weights first, then the variant files most hub repos hold instead (the loader
+            # reads them with variant="fp16"), safetensors before pickles.
+            options = [
+                f"{part}/{stem}{infix}{suffix}"
+                for suffix in (".safetensors", ".bin")
+                for infix in ("", ".fp16", ".bf16")
+                for stem in ("diffusion_pytorch_model", "model", "pytorch_model")
+            ]
             weights = next((o for o in options if o in files), None)
             if weights is None:
                 raise LibraryError(f"'{repo_id}' has no {part} weights in a format IPA Studio reads.")
