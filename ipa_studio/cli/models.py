@@ -24,7 +24,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     ls = cmds.add_parser("list", help="list the models, with what they are and whether they can be used")
     ls.add_argument(
-        "--kind", choices=("base", "adapter", "image_encoder", "controlnet"), help="only this kind"
+        "--kind",
+        choices=("base", "adapter", "image_encoder", "controlnet", "lora", "embedding", "vae"),
+        help="only this kind",
     )
     ls.add_argument("--usable", action="store_true", help="only models IPA Studio can run")
     ls.add_argument("--json", action="store_true", help="machine-readable output")

@@ -306,6 +306,18 @@ def classify_shapes(
         )
     if "vision_model.embeddings.patch_embedding.weight" in shapes:
         return _classify_image_encoder_file(path, shapes, fmt)
+    if "visual.transformer.resblocks.0.attn.in_proj_weight" in shapes or "visual.conv1.weight" in shapes:
+        # open_clip's own names (ComfyUI converts them in comfy/clip_vision.py convert_to_transformers).
+        return _make(
+            path,
+            "image_encoder",
+            "CLIP image encoder (open_clip layout)",
+            "an image encoder in open_clip's layout; IPA Studio reads the transformers layout "
+            "(h94/IP-Adapter's models/image_encoder/model.safetensors, or ComfyUI's "
+            "CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors)",
+            fmt,
+            encoder_format="open_clip",
+        )
     if any(k.startswith(("encoder.down.", "decoder.up.", "first_stage_model.")) for k in keys) or (
         "encoder.down_blocks.0.resnets.0.conv1.weight" in shapes and "decoder.conv_in.weight" in shapes
     ):
@@ -430,36 +442,28 @@ def _embedding_facts(shapes: Mapping[str, tuple[int, ...]]) -> dict[str, Any] | 
     ``{token: vector}`` entry)."""
     keys = list(shapes)
     params = [k for k in keys if k.startswith("string_to_param.")]
+    extra: dict[str, Any] = {}
     if params:
-        shape, layout = shapes[params[0]], "A1111 .pt (string_to_param)"
+        key, layout = params[0], "A1111 .pt (string_to_param)"
     elif "emb_params" in shapes:
-        shape, layout = shapes["emb_params"], "A1111 safetensors (emb_params)"
+        key, layout = "emb_params", "A1111 safetensors (emb_params)"
     elif "clip_l" in shapes or "clip_g" in shapes:
-        shape, layout = shapes.get("clip_l") or shapes["clip_g"], "SDXL (clip_l / clip_g)"
-        width = shape[-1] if shape else None
-        return {
-            "embedding_format": layout,
-            "vectors": shape[0] if len(shape) == 2 else 1,
-            "width": width,
-            "base": "SDXL",
-        }
-    elif len(keys) == 1 and len(shapes[keys[0]]) in (1, 2) and shapes[keys[0]][-1] in _EMBEDDING_WIDTHS:
-        shape, layout = shapes[keys[0]], "diffusers learned_embeds"
-        return {
-            "embedding_format": layout,
-            "token": keys[0],
-            "vectors": shape[0] if len(shape) == 2 else 1,
-            "width": shape[-1],
-            "base": _EMBEDDING_WIDTHS[shape[-1]],
-        }
+        key, layout = ("clip_l" if "clip_l" in shapes else "clip_g"), "SDXL (clip_l / clip_g)"
+        extra["base"] = "SDXL"
+    elif len(keys) == 1 and len(shapes[keys[0]]) in (1, 2) and not keys[0].endswith((".weight", ".bias")):
+        # One {token: vectors} entry, named after the token ("<cat-toy>"), not after a layer.
+        key, layout = keys[0], "diffusers learned_embeds"
+        extra["token"] = key
     else:
         return None
+    shape = shapes[key]
     width = shape[-1] if shape else None
     return {
         "embedding_format": layout,
         "vectors": shape[0] if len(shape) == 2 else 1,
         "width": width,
         "base": _EMBEDDING_WIDTHS.get(width or 0),
+        **extra,
     }
 
 
