@@ -20,6 +20,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from ipa_studio.core import settings as _settings  # noqa: E402
 from ipa_studio.core.models.tiny import (  # noqa: E402
     build_controlnet_folder,
     build_image_encoder_folder,
@@ -27,6 +28,9 @@ from ipa_studio.core.models.tiny import (  # noqa: E402
     make_reference_image,
     write_ip_adapter,
 )
+
+# Nor a checkout's own models/ folder (the default models folder when the app runs from a checkout).
+_settings.program_models_dirs = lambda: []
 
 # One thread: the tiny models' ops are far too small to gain from more, and on a busy 2-core machine
 # (parallel test runs) multi-threaded torch spin-waits: a 2-step 64 px generation took 0.05 s with one

@@ -684,6 +684,15 @@ def _detect_folder(path: Path) -> Detection:
         return _detect_diffusers_base(path, unet_cfg)
     cfg = _read_json(path / "config.json")
     if cfg is None:
+        from ipa_studio.core.models.scan import recognise
+
+        install = recognise(path).name
+        if install != "folder":
+            reason = (
+                f"a {install} folder, not one model: 'ipa-studio models add-folder' lists the models "
+                "in it where they are"
+            )
+            return _make(path, "unknown", f"{install} folder", reason, "unknown")
         return _make(
             path,
             "unknown",
