@@ -197,3 +197,36 @@ def test_damaged_single_file_controlnet_is_refused_before_loading(
     assert "ControlNet lacks 2 of its" in found.reason
     with pytest.raises(ModelFileError, match="cannot be used as a ControlNet"):
         load_controlnet(path, CPU, torch.float32)
+
+
+def test_fp16_variant_folders_load_like_diffusers(
+    tmp_path: Path, tiny_controlnet: Path, tiny_image_encoder: Path, tiny_as_bundled: Path
+) -> None:
+    # Hub repos often hold only diffusion_pytorch_model.fp16.safetensors / model.fp16.safetensors.
+    import shutil
+
+    from transformers import CLIPVisionModelWithProjection
+
+    from ipa_studio.core.models.loader import load_image_encoder
+
+    folders = {}
+    for name, source, weights in (
+        ("controlnet", tiny_controlnet, "diffusion_pytorch_model"),
+        ("image_encoder", tiny_image_encoder, "model"),
+    ):
+        folder = shutil.copytree(source, tmp_path / name)
+        state = load_file(folder / f"{weights}.safetensors")
+        save_file({k: v.half() for k, v in state.items()}, folder / f"{weights}.fp16.safetensors")
+        (folder / f"{weights}.safetensors").unlink()
+        folders[name] = folder
+    theirs = ControlNetModel.from_pretrained(folders["controlnet"], variant="fp16", torch_dtype=torch.float32)
+    ours = load_controlnet(folders["controlnet"], CPU, torch.float32)
+    assert all(torch.equal(v, theirs.state_dict()[k]) for k, v in ours.state_dict().items())
+    enc_theirs = CLIPVisionModelWithProjection.from_pretrained(
+        folders["image_encoder"], variant="fp16", dtype=torch.float32
+    )
+    enc_ours, _ = load_image_encoder(folders["image_encoder"], CPU, torch.float32)
+    assert all(torch.equal(v, enc_theirs.state_dict()[k]) for k, v in enc_ours.state_dict().items())
+    found = detect(folders["controlnet"])
+    assert found.usable, found.reason
+    assert detect(folders["image_encoder"]).usable

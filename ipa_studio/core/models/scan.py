@@ -187,12 +187,10 @@ def _check(should_cancel: CancelFn | None) -> None:
 
 
 def is_model_folder(path: Path) -> bool:
-    """A folder that is one model: a diffusers pipeline, or a component with its config and weights."""
-    from ipa_studio.core.models.detect import find_weights
-
-    if (path / "model_index.json").is_file() or (path / "unet" / "config.json").is_file():
-        return True
-    return (path / "config.json").is_file() and find_weights(path) is not None
+    """A folder that is one model: a diffusers pipeline, or a component with its config (an image
+    encoder, a ControlNet). One whose weights are missing still counts, so it is listed with that
+    reason rather than silently skipped."""
+    return any((path / name).is_file() for name in ("model_index.json", "config.json", "unet/config.json"))
 
 
 def is_weight_file(path: Path) -> bool:
