@@ -7,17 +7,15 @@ Studio can run it, is ``detect``'s job. It knows the layouts of the big installs
 they keep models (not in their outputs, virtual environments or custom-node code) and names what it
 finds after the folder people know:
 
-* ComfyUI (``comfy/folder_paths.py``): ``models/checkpoints``, ``models/diffusers``, ``models/loras``,
-  ``models/controlnet``, ``models/clip_vision``, ``models/ipadapter``, ``models/embeddings``,
-  ``models/vae``;
-* A1111 / Forge (``modules/paths_internal.py``, ``modules/shared_cmd_options.py``):
-  ``models/Stable-diffusion``, ``models/Lora``, ``models/LyCORIS``, ``models/ControlNet``,
-  ``models/VAE``, ``models/ipadapter``, ``embeddings/`` and each extension's ``models/``
-  (``extensions/sd-webui-controlnet/models``);
-* InvokeAI (``invokeai/backend/model_manager``): ``models/<base>/<type>/…``
-  (``sd-1/main``, ``sd-1/lora``, ``any/clip_vision`` …);
-* the Hugging Face cache (``huggingface_hub`` ``file_download.py``):
-  ``models--owner--name/snapshots/<revision>/…``, newest snapshot of each repo, named ``owner/name``;
+* ComfyUI (its ``folder_paths.py``): ``models/checkpoints``, ``models/diffusers``, ``models/loras``,
+  ``models/controlnet``, ``models/clip_vision``, ``models/embeddings``, ``models/vae``, and
+  ``models/ipadapter`` (registered by ComfyUI_IPAdapter_plus);
+* A1111 / Forge: ``models/Stable-diffusion``, ``models/Lora``, ``models/LyCORIS``,
+  ``models/ControlNet``, ``models/VAE``, ``models/ipadapter``, ``embeddings/`` and each extension's
+  ``models/`` (``extensions/sd-webui-controlnet/models``);
+* InvokeAI: its ``models/`` folder (``models/<base>/<type>/…``: ``sd-1/main``, ``sd-1/lora`` …);
+* the Hugging Face cache (huggingface_hub's cache layout):
+  ``models--owner--name/snapshots/<revision>/…``, the snapshot ``refs/main`` names, as ``owner/name``;
 * anything else: every weight file and model folder below it.
 
 Symbolic links are followed (models are often linked between installs), each real folder once, so a
@@ -265,12 +263,3 @@ def _newest_snapshot(repo: Path) -> Path | None:
     except OSError:
         return None
     return max(candidates, key=lambda p: p.stat().st_mtime, default=None)
-
-
-def describe(found: list[Found]) -> dict[str, int]:
-    """{folder kind: count} for a one-line summary ("12 models: 3 base, 5 lora …")."""
-    counts: dict[str, int] = {}
-    for f in found:
-        key = f.folder_kind or "other"
-        counts[key] = counts.get(key, 0) + 1
-    return counts
