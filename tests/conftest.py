@@ -20,6 +20,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from ipa_studio.core import settings as _settings  # noqa: E402
 from ipa_studio.core.models.tiny import (  # noqa: E402
     build_controlnet_folder,
     build_image_encoder_folder,
@@ -27,6 +28,9 @@ from ipa_studio.core.models.tiny import (  # noqa: E402
     make_reference_image,
     write_ip_adapter,
 )
+
+# Nor a checkout's own models/ folder (the default models folder when the app runs from a checkout).
+_settings.program_models_dirs = lambda: []
 
 # One thread: the tiny models' ops are far too small to gain from more, and on a busy 2-core machine
 # (parallel test runs) multi-threaded torch spin-waits: a 2-step 64 px generation took 0.05 s with one
@@ -131,3 +135,39 @@ def tiny_clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
     CLIPModel(config).save_pretrained(folder)
     return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_configs_only(tmp_path_factory: pytest.TempPathFactory, tiny_sd15: Path) -> Path:
+    """The tiny SD folder's configs and tokenizer without weights: ``from_single_file(config=…)``."""
+    from tests.fixtures.real_layouts import config_only_copy
+
+    return config_only_copy(tiny_sd15, tmp_path_factory.mktemp("configs") / "tiny-sd15-config")
+
+
+@pytest.fixture(scope="session")
+def tiny_inpaint_configs_only(tmp_path_factory: pytest.TempPathFactory, tiny_sd15_inpaint: Path) -> Path:
+    from tests.fixtures.real_layouts import config_only_copy
+
+    return config_only_copy(tiny_sd15_inpaint, tmp_path_factory.mktemp("configs") / "tiny-inpaint-config")
+
+
+@pytest.fixture(scope="session")
+def _tiny_resources(
+    tmp_path_factory: pytest.TempPathFactory, tiny_sd15: Path, tiny_image_encoder: Path, tiny_controlnet: Path
+) -> Path:
+    from tests.fixtures.real_layouts import tiny_resources
+
+    return tiny_resources(
+        tmp_path_factory.mktemp("resources") / "resources", tiny_sd15, tiny_image_encoder, tiny_controlnet
+    )
+
+
+@pytest.fixture()
+def tiny_as_bundled(monkeypatch: pytest.MonkeyPatch, _tiny_resources: Path) -> Path:
+    """The app's bundled SD1.5 / image-encoder / ControlNet configs replaced by the tiny models' ones
+    for this test: tiny single files are then what real SD1.5 files are to the app."""
+    from ipa_studio.core.models import loader
+
+    monkeypatch.setattr(loader, "bundled_resources", lambda: _tiny_resources)
+    return _tiny_resources

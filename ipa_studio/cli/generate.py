@@ -106,12 +106,13 @@ def add_request_arguments(g: argparse.ArgumentParser) -> None:
         type=Path,
         help="SD1.5 base model: a diffusers folder or a single .safetensors / .ckpt file",
     )
-    m.add_argument("--adapter", type=Path, help="IP-Adapter checkpoint (.safetensors or .bin)")
+    m.add_argument("--adapter", type=Path, help="IP-Adapter checkpoint (.safetensors, .bin or .pth)")
     m.add_argument(
         "--image-encoder",
         type=Path,
-        help="image encoder folder (CLIP ViT-H/14); default: the 'image_encoder' folder beside the "
-        "adapter (the official repository's layout), else the model library's matching encoder",
+        help="image encoder (CLIP ViT-H/14): its folder, or the single file ComfyUI keeps "
+        "(clip_vision/CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors); default: the 'image_encoder' folder "
+        "beside the adapter (the official repository's layout), else the model library's matching encoder",
     )
     p = g.add_argument_group("prompts")
     p.add_argument(
@@ -160,7 +161,11 @@ def add_request_arguments(g: argparse.ArgumentParser) -> None:
     e.add_argument("--mask-blur", type=int, default=4, help="feather of the mask edge when blending back")
     e.add_argument("--control", action="append", default=[], type=Path, help="control map, repeatable")
     e.add_argument(
-        "--controlnet", action="append", default=[], type=Path, help="ControlNet folder per --control"
+        "--controlnet",
+        action="append",
+        default=[],
+        type=Path,
+        help="ControlNet per --control: a diffusers folder or a single file (.pth / .safetensors)",
     )
     e.add_argument("--control-scale", action="append", default=[], type=float, help="strength per --control")
     i = g.add_argument_group("image prompt controls (once for every --ref, or once per --ref)")

@@ -1,4 +1,5 @@
-"""``ipa-studio models list | add | remove | verify | inspect | catalog``: the model library."""
+"""``ipa-studio models list | add | add-folder | folders | remove-folder | remove | verify | inspect |
+catalog``: the model library."""
 
 from __future__ import annotations
 
@@ -24,7 +25,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     ls = cmds.add_parser("list", help="list the models, with what they are and whether they can be used")
     ls.add_argument(
-        "--kind", choices=("base", "adapter", "image_encoder", "controlnet"), help="only this kind"
+        "--kind",
+        choices=("base", "adapter", "image_encoder", "controlnet", "lora", "embedding", "vae"),
+        help="only this kind",
     )
     ls.add_argument("--usable", action="store_true", help="only models IPA Studio can run")
     ls.add_argument("--json", action="store_true", help="machine-readable output")
@@ -44,6 +47,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     add.add_argument("--endpoint", help="Hugging Face endpoint (default: $HF_ENDPOINT or huggingface.co)")
     add.set_defaults(run=run_add)
+
+    af = cmds.add_parser(
+        "add-folder",
+        help="list the models of an existing folder where they are: a ComfyUI, A1111 / Forge or InvokeAI "
+        "install, the Hugging Face cache, or any folder (nothing is copied; refreshed by 'list')",
+    )
+    af.add_argument("path", type=Path)
+    af.set_defaults(run=run_add_folder)
+    fl = cmds.add_parser("folders", help="the folders the library looks in")
+    fl.set_defaults(run=run_folders)
+    rf = cmds.add_parser("remove-folder", help="stop looking in a folder (its files are not touched)")
+    rf.add_argument("path", type=Path)
+    rf.set_defaults(run=run_remove_folder)
 
     rm = cmds.add_parser("remove", help="take a model out of the library")
     rm.add_argument("name")
@@ -146,6 +162,42 @@ def run_add(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     print(f"added '{entry.name}': {entry.architecture} ({entry.kind}) at {entry.path}")
     if not entry.usable:
         print(f"note: IPA Studio cannot use it: {entry.reason}", file=sys.stderr)
+    return 0
+
+
+def _kinds(entries: list[Any]) -> str:
+    counts: dict[str, int] = {}
+    for e in entries:
+        counts[e.kind] = counts.get(e.kind, 0) + 1
+    return ", ".join(f"{n} {kind}" for kind, n in sorted(counts.items(), key=lambda kv: -kv[1])) or "none"
+
+
+def run_add_folder(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from ipa_studio.core.models.scan import recognise
+
+    lib = _library(args)
+    install = recognise(args.path.expanduser())
+    found = lib.add_folder(args.path)
+    usable = [e for e in found if e.usable]
+    what = "folder" if install.name == "folder" else f"{install.name} folder"
+    print(f"{what} {install.root}: {len(found)} models ({_kinds(found)}), {len(usable)} usable by IPA Studio")
+    return 0
+
+
+def run_folders(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from ipa_studio.core.models.scan import recognise
+
+    lib = _library(args)
+    for i, folder in enumerate(lib.folders()):
+        install = recognise(folder)
+        label = "models folder" if i == 0 else install.name
+        print(f"{folder}  ({label}{'' if folder.is_dir() else ', missing'})")
+    return 0
+
+
+def run_remove_folder(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    _library(args).remove_folder(args.path)
+    print(f"no longer looking in {args.path.expanduser().resolve()} (its files are untouched)")
     return 0
 
 

@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import secrets
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,7 @@ __all__ = [
     "default_models_dir",
     "default_outputs_dir",
     "default_settings_path",
+    "portable_models_dir",
     "load_settings",
     "save_settings",
 ]
@@ -117,7 +119,33 @@ def default_outputs_dir() -> Path:
 
 
 def default_models_dir() -> Path:
-    return platformdirs.user_data_path(APP_NAME, appauthor=False) / "models"
+    """The models folder of a checkout or portable install when the app runs from one, else the
+    platform's data folder (``~/.local/share/IPA Studio/models`` …)."""
+    return portable_models_dir() or platformdirs.user_data_path(APP_NAME, appauthor=False) / "models"
+
+
+PORTABLE_MARKER = ".ipa-studio-models"
+"""The file that marks the ``models/`` folder of a checkout or portable install (the same marker
+``core/models/scan.py`` reads to know the folder's layout)."""
+
+
+def program_models_dirs() -> list[Path]:
+    """Where a program-relative ``models/`` folder may be: beside a frozen build's executable, and
+    at the top of the source tree this package runs from."""
+    folders = [Path(__file__).resolve().parents[2] / "models"]
+    if getattr(sys, "frozen", False):
+        folders.insert(0, Path(sys.executable).resolve().parent / "models")
+    return folders
+
+
+def portable_models_dir(candidates: list[Path] | None = None) -> Path | None:
+    """The ``models/`` folder next to the program, when there is one the user can write to: the
+    repository's top-level ``models/`` in a checkout, or the one beside the executable of a portable
+    (frozen) build. None for an ordinary install."""
+    for folder in program_models_dirs() if candidates is None else candidates:
+        if (folder / PORTABLE_MARKER).is_file() and os.access(folder, os.W_OK):
+            return folder
+    return None
 
 
 # --------------------------------------------------------------------------------------------------

@@ -14,8 +14,13 @@ from typing import Any
 
 KINDS = ("base", "adapter", "image_encoder")
 _BASE_PARTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
-_WEIGHTS = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
-_ADAPTER_SUFFIXES = (".safetensors", ".bin")
+# Plain weights, or the fp16 variant files most hub repos hold instead (the loader reads both).
+_WEIGHTS = (
+    "diffusion_pytorch_model.safetensors",
+    "diffusion_pytorch_model.bin",
+    "diffusion_pytorch_model.fp16.safetensors",
+)
+_ADAPTER_SUFFIXES = (".safetensors", ".bin", ".pth")
 _CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt")
 
 
@@ -93,7 +98,10 @@ def _check_adapter(p: Path) -> Check:
 
 def _check_encoder(p: Path) -> Check:
     if p.is_file():
-        return Check(False, "This is a file; choose the image_encoder folder that contains it")
+        # ComfyUI keeps the ViT-H encoder as one file (clip_vision/CLIP-ViT-H-14-…safetensors).
+        if p.suffix.lower() != ".safetensors":
+            return Check(False, "Not an image encoder: expected its folder or a .safetensors file")
+        return Check(True, "Ready (single-file image encoder)")
     if not (p / "config.json").is_file():
         return Check(False, "No config.json in this folder: not an image encoder folder")
     if not any((p / w).is_file() for w in ("model.safetensors", "pytorch_model.bin")):

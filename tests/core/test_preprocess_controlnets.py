@@ -17,6 +17,7 @@ from safetensors.torch import save_file
 from ipa_studio.core.errors import ModelFileError
 from ipa_studio.core.models.tiny import CROSS_DIM, build_controlnet_folder
 from ipa_studio.core.preprocess import detect_controlnet, kind_from_name
+from tests.fixtures.checkpoints import controlnet_shapes, write_shapes_only, write_shapes_only_pickle
 from tests.fixtures.malicious import write_malicious_pickle
 
 
@@ -107,23 +108,32 @@ def test_tiny_fixture_controlnet_fits_the_tiny_base(tmp_path: Path, tiny_sd15: P
 @pytest.mark.parametrize("prefix", ["", "control_model."])
 @pytest.mark.parametrize("suffix", [".safetensors", ".pth"])
 def test_original_layout_single_file(tmp_path: Path, prefix: str, suffix: str) -> None:
+    # Full-size key sets in lllyasviel's layout: usable means the loader finds every weight.
     path = tmp_path / f"control_v11f1p_sd15_depth{suffix}"
     if suffix == ".safetensors":
-        write_safetensors(path, ldm_controlnet(prefix=prefix))
+        write_shapes_only(path, controlnet_shapes(prefix=prefix))
     else:
-        torch.save(_tensors(ldm_controlnet(prefix=prefix)), path)
-    info = detect_controlnet(path, single_file_loadable=True)
+        write_shapes_only_pickle(path, controlnet_shapes(prefix=prefix))
+    info = detect_controlnet(path)
     assert (info.kind, info.base, info.usable, info.format) == ("depth", "SD1.x", True, "single-file")
-    # Until the loader reads single files, the engine cannot run it: said so, with what to get instead.
-    today = detect_controlnet(path)
-    assert (today.kind, today.base, today.usable) == ("depth", "SD1.x", False)
-    assert "diffusers folders" in today.reason
+    # For a loader that reads folders only, the same file is explained with what to get instead.
+    folders_only = detect_controlnet(path, single_file_loadable=False)
+    assert (folders_only.kind, folders_only.base, folders_only.usable) == ("depth", "SD1.x", False)
+    assert "diffusers folders" in folders_only.reason
+
+
+def test_single_file_missing_weights_is_not_usable(tmp_path: Path) -> None:
+    # Only the keys that tell what it is: recognised, but the loader could not build it from this.
+    info = detect_controlnet(
+        write_safetensors(tmp_path / "control_v11p_sd15_openpose.safetensors", ldm_controlnet())
+    )
+    assert (info.kind, info.base, info.usable) == ("openpose", "SD1.x", False)
+    assert "ControlNet lacks" in info.reason
 
 
 def test_lightning_style_state_dict_wrapper(tmp_path: Path) -> None:
-    path = tmp_path / "control_sd15_openpose.ckpt"
-    torch.save({"state_dict": _tensors(ldm_controlnet(prefix="control_model."))}, path)
-    assert detect_controlnet(path, single_file_loadable=True).usable
+    path = write_shapes_only_pickle(tmp_path / "control_sd15_openpose.ckpt", controlnet_shapes(), wrap=True)
+    assert detect_controlnet(path).usable
 
 
 @pytest.mark.parametrize(
@@ -197,10 +207,10 @@ def test_malicious_pickle_is_refused_and_never_runs(tmp_path: Path) -> None:
 def test_folder_problems(tmp_path: Path) -> None:
     no_config = tmp_path / "no_config"
     no_config.mkdir()
-    fp16_only = write_diffusers_folder(tmp_path / "fp16_only")
+    no_weights = write_diffusers_folder(tmp_path / "no_weights")
     shutil.move(
-        fp16_only / "diffusion_pytorch_model.safetensors",
-        fp16_only / "diffusion_pytorch_model.fp16.safetensors",
+        no_weights / "diffusion_pytorch_model.safetensors",
+        no_weights / "diffusion_pytorch_model.onnx",
     )
     t2i = write_diffusers_folder(tmp_path / "t2i")
     (t2i / "config.json").write_text(json.dumps({"_class_name": "T2IAdapter"}))
@@ -208,13 +218,22 @@ def test_folder_problems(tmp_path: Path) -> None:
     write_safetensors(mixed / "diffusion_pytorch_model.safetensors", diffusers_controlnet(768))
     expected = {
         no_config: "config.json is missing",
-        fp16_only: "found only diffusion_pytorch_model.fp16.safetensors",
+        no_weights: "found only diffusion_pytorch_model.onnx",
         t2i: "T2IAdapter, not a ControlNet",
         mixed: "mixes two models",
     }
     for folder, words in expected.items():
         info = detect_controlnet(folder)
         assert not info.usable and words in info.reason, (folder.name, info.reason)
+
+
+def test_folder_with_only_fp16_variant_weights_is_usable(tmp_path: Path) -> None:
+    # Most hub repos: diffusers loads them with variant="fp16", and so does the engine.
+    folder = write_diffusers_folder(tmp_path / "control_v11p_sd15_openpose")
+    shutil.move(
+        folder / "diffusion_pytorch_model.safetensors", folder / "diffusion_pytorch_model.fp16.safetensors"
+    )
+    assert detect_controlnet(folder).usable
 
 
 def test_missing_path_raises(tmp_path: Path) -> None:

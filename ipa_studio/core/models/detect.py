@@ -142,8 +142,9 @@ def read_safetensors_header(
 
 def flatten_state(state: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     """Nested checkpoint dict → flat {"a.b.c": tensor}; an SD ``.ckpt``'s "state_dict" is unwrapped."""
-    if not prefix and isinstance(state.get("state_dict"), Mapping):
-        state = state["state_dict"]
+    if not prefix:
+        while isinstance(state.get("state_dict"), Mapping):
+            state = state["state_dict"]
     out: dict[str, Any] = {}
     for key, value in state.items():
         if not isinstance(key, str):
@@ -157,6 +158,26 @@ def flatten_state(state: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def shapes_of(path: str | Path) -> tuple[dict[str, tuple[int, ...]], str]:
     """({key: shape}, format) of a weight file; raises ``ModelFileError`` / ``UnsafeFileError``."""
+    shapes, fmt, _ = weight_table(path)
+    return shapes, fmt
+
+
+_TORCH_DTYPE_NAMES = {
+    "torch.float32": "F32",
+    "torch.float16": "F16",
+    "torch.bfloat16": "BF16",
+    "torch.float64": "F64",
+    "torch.int64": "I64",
+    "torch.int32": "I32",
+}
+
+
+def weight_table(path: str | Path) -> tuple[dict[str, tuple[int, ...]], str, dict[str, str]]:
+    """({key: shape}, format, {key: dtype}) of a weight file, dtypes as safetensors names ("F16").
+
+    ``.safetensors``: from the header alone. Pickles: memory-mapped when they are zip files, read
+    through the safe loader. Raises ``ModelFileError`` / ``UnsafeFileError``.
+    """
     from ipa_studio.core.models.safe_load import _sniff, load_weights
 
     path = Path(path)
@@ -166,12 +187,18 @@ def shapes_of(path: str | Path) -> tuple[dict[str, tuple[int, ...]], str]:
     suffix = path.suffix.lower()
     if suffix == SAFETENSORS_SUFFIX:
         tensors, _ = read_safetensors_header(path)
-        return {k: shape for k, (_, shape) in tensors.items()}, "safetensors"
+        return (
+            {k: shape for k, (_, shape) in tensors.items()},
+            "safetensors",
+            {k: d for k, (d, _) in tensors.items()},
+        )
     if suffix in PICKLE_SUFFIXES:
-        state = load_weights(path, mmap=True)
-        return {k: tuple(v.shape) for k, v in flatten_state(state).items()}, "pickle"
+        state = flatten_state(load_weights(path, mmap=True))
+        dtypes = {k: _TORCH_DTYPE_NAMES.get(str(v.dtype), str(v.dtype)) for k, v in state.items()}
+        return {k: tuple(v.shape) for k, v in state.items()}, "pickle", dtypes
     raise ModelFileError(
-        f"'{path.name}' has an unknown file type '{suffix}'. Use .safetensors (preferred), .bin or .ckpt."
+        f"'{path.name}' has an unknown file type '{suffix}'. "
+        "Use .safetensors (preferred), .bin, .ckpt or .pth."
     )
 
 
@@ -186,80 +213,110 @@ def detect(path: str | Path) -> Detection:
     if path.is_dir():
         return _with_controlnet_verdict(_detect_folder(path))
     try:
-        shapes, fmt = shapes_of(path)
+        shapes, fmt, dtypes = weight_table(path)
     except ModelFileError as exc:
         message = str(exc)
         prefix = f"'{path.name}' cannot be used: "
         reason = message[len(prefix) :] if message.startswith(prefix) else message
         return _make(path, "invalid", "unreadable file", reason.rstrip("."), "unknown")
-    return _with_controlnet_verdict(classify_shapes(path, shapes, fmt))
+    return _with_controlnet_verdict(classify_shapes(path, shapes, fmt, dtypes))
 
 
 def _with_controlnet_verdict(found: Detection) -> Detection:
     """ControlNets are judged by the ControlNet module (which formats the engine loads, which map
-    kind from the name); this module only recognises them."""
+    kind from the name, whether the loader's conversion finds every weight); this module only
+    recognises them."""
     if found.kind != "controlnet":
         return found
     try:
         from ipa_studio.core.preprocess.controlnets import detect_controlnet
     except ImportError:  # the ControlNet support is not in this build: keep our own verdict
         return found
-    info = detect_controlnet(found.path)
+    from ipa_studio.core.models.convert import controlnet_config
+
+    info = detect_controlnet(
+        found.path, base_cross_attention_dim=int(controlnet_config()["cross_attention_dim"])
+    )
+    reason = None if info.usable else info.reason.rstrip(".")
     kind = f", {info.kind}" if info.kind != "unknown" else ""
     return _make(
         found.path,
         "controlnet",
         f"{info.base} ControlNet{kind}",
-        None if info.usable else info.reason.rstrip("."),
+        reason,
         found.format,
-        cross_attention_dim=info.cross_attention_dim,
-        map_kind=info.kind,
-        base=info.base,
+        **{
+            **dict(found.details),
+            "cross_attention_dim": info.cross_attention_dim,
+            "map_kind": info.kind,
+            "base": info.base,
+        },
     )
 
 
-def classify_shapes(path: Path, shapes: Mapping[str, tuple[int, ...]], fmt: str) -> Detection:
-    """Classify a flat {key: shape} table (what ``shapes_of`` returns)."""
+def classify_shapes(
+    path: Path,
+    shapes: Mapping[str, tuple[int, ...]],
+    fmt: str,
+    dtypes: Mapping[str, str] | None = None,
+    *,
+    config: Mapping[str, Any] | None = None,
+) -> Detection:
+    """Classify a flat {key: shape} table (what ``weight_table`` returns).
+
+    ``config`` (SD1.x files only): the unet / vae / text_encoder config dicts the loader will build,
+    instead of the bundled SD1.5 ones; the file is then checked against those.
+    """
     keys = list(shapes)
     if not keys:
         return _make(path, "invalid", "empty checkpoint", "it holds no weights at all", fmt)
     if any(k.startswith("image_proj.") for k in keys) and any(k.startswith("ip_adapter.") for k in keys):
         return _classify_adapter(path, shapes, fmt)
-    if any(k.startswith("model.diffusion_model.") for k in keys) or any(
-        k.startswith("conditioner.embedders.") for k in keys
-    ):
-        return _classify_ldm(path, shapes, fmt)
+    # Before the SD check: a ControlNet 1.0 file (control_sd15_*.pth) is a whole SD1.5 checkpoint
+    # with the ControlNet under control_model.; it is a ControlNet, never a base model.
     if any(k.startswith("control_model.") or "input_hint_block" in k for k in keys) or (
         "controlnet_cond_embedding.conv_in.weight" in shapes
     ):
         cross = _controlnet_cross(shapes)
         family = _TEXT_WIDTH_FAMILY.get(cross or 0, "unknown base")
+        bundled = any(k.startswith("model.diffusion_model.") for k in keys)
         return _make(
             path,
             "controlnet",
             f"{family} ControlNet",
-            "a single-file ControlNet; IPA Studio loads ControlNets as diffusers folders "
-            "(config.json + diffusion_pytorch_model.safetensors)",
+            None,
             fmt,
             cross_attention_dim=cross,
+            layout=_controlnet_layout(keys),
+            with_base_model=bundled,
         )
-    if any(("lora_down" in k or "lora_up" in k or ".lora_A" in k or ".lora_B" in k) for k in keys) or any(
-        k.startswith(("lora_unet_", "lora_te_")) for k in keys
+    if any(k.startswith("model.diffusion_model.") for k in keys) or any(
+        k.startswith("conditioner.embedders.") for k in keys
     ):
-        return _make(path, "lora", "LoRA", "a LoRA; IPA Studio does not apply LoRAs (yet)", fmt)
+        return _classify_ldm(path, shapes, fmt, dtypes, config)
+    lora = lora_format(keys)
+    if lora is not None:
+        return _make(
+            path,
+            "lora",
+            "LoRA",
+            "a LoRA; IPA Studio does not apply LoRAs (yet)",
+            fmt,
+            **_lora_facts(shapes, lora),
+        )
     if "vision_model.embeddings.patch_embedding.weight" in shapes:
-        hidden = shapes["vision_model.embeddings.patch_embedding.weight"][0]
-        proj = shapes.get("visual_projection.weight", (None,))[0]
-        name = HIDDEN_WIDTH_ENCODER.get(hidden, f"{hidden}-wide")
+        return _classify_image_encoder_file(path, shapes, fmt)
+    if "visual.transformer.resblocks.0.attn.in_proj_weight" in shapes or "visual.conv1.weight" in shapes:
+        # open_clip's own names (ComfyUI converts them in comfy/clip_vision.py convert_to_transformers).
         return _make(
             path,
             "image_encoder",
-            f"CLIP {name} image encoder",
-            "an image encoder must be a folder with its config.json (like h94/IP-Adapter's "
-            "models/image_encoder), not a lone weight file",
+            "CLIP image encoder (open_clip layout)",
+            "an image encoder in open_clip's layout; IPA Studio reads the transformers layout "
+            "(h94/IP-Adapter's models/image_encoder/model.safetensors, or ComfyUI's "
+            "CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors)",
             fmt,
-            hidden_size=hidden,
-            projection_dim=proj,
+            encoder_format="open_clip",
         )
     if any(k.startswith(("encoder.down.", "decoder.up.", "first_stage_model.")) for k in keys) or (
         "encoder.down_blocks.0.resnets.0.conv1.weight" in shapes and "decoder.conv_in.weight" in shapes
@@ -271,13 +328,15 @@ def classify_shapes(path: Path, shapes: Mapping[str, tuple[int, ...]], fmt: str)
             "a VAE on its own; IPA Studio uses the VAE inside the base model",
             fmt,
         )
-    if "emb_params" in shapes or any(k.startswith("string_to_param") for k in keys) or "clip_l" in shapes:
+    embedding = _embedding_facts(shapes)
+    if embedding is not None:
         return _make(
             path,
             "embedding",
             "textual-inversion embedding",
             "an embedding; IPA Studio does not load them",
             fmt,
+            **embedding,
         )
     if "conv_in.weight" in shapes and "time_embedding.linear_1.weight" in shapes:
         return _make(
@@ -293,19 +352,188 @@ def classify_shapes(path: Path, shapes: Mapping[str, tuple[int, ...]], fmt: str)
         "unknown",
         "not a diffusion model",
         f"not a diffusion model: none of its {len(keys)} weights belong to Stable Diffusion, an "
-        f"IP-Adapter, an image encoder or a ControlNet (first keys: {sample})",
+        f"IP-Adapter, an image encoder, a ControlNet, a LoRA or an embedding (first keys: {sample})",
         fmt,
     )
 
 
 def _controlnet_cross(shapes: Mapping[str, tuple[int, ...]]) -> int | None:
-    for k, shape in shapes.items():
+    # A ControlNet 1.0 file also holds the base UNet; the ControlNet's own layers are what count.
+    own = {k: v for k, v in shapes.items() if k.startswith("control_model.")} or shapes
+    for k, shape in own.items():
         if k.endswith("attn2.to_k.weight"):
             return shape[-1]
     return None
 
 
-def _classify_ldm(path: Path, shapes: Mapping[str, tuple[int, ...]], fmt: str) -> Detection:
+def _controlnet_layout(keys: list[str]) -> str:
+    if any(k.startswith("model.diffusion_model.") for k in keys):
+        return "ControlNet 1.0 (with its SD1.5 base)"
+    if any(k.startswith("control_model.") for k in keys):
+        return "original (control_model.)"
+    if "controlnet_cond_embedding.conv_in.weight" in keys:
+        return "diffusers"
+    return "original (bare)"
+
+
+# ----------------------------------------------------------------------------- LoRAs, embeddings
+
+_LYCORIS_PARTS = {"hada_w1_a": "LyCORIS LoHa", "lokr_w1": "LyCORIS LoKr", "lokr_w1_a": "LyCORIS LoKr"}
+
+
+def lora_format(keys: list[str]) -> str | None:
+    """The LoRA layout of these keys, or None when they are not a LoRA.
+
+    kohya / A1111 (``lora_unet_…``, ``lora_te_…`` with ``.alpha``), LyCORIS (LoHa ``hada_w1_a``, LoKr
+    ``lokr_w1``), diffusers (``unet.….lora.down`` / ``….lora_linear_layer.down``), the old attention-
+    processor ``.bin`` (``….processor.to_q_lora.down``, no ``unet.`` prefix) and PEFT (``lora_A`` /
+    ``lora_B``) — the layouts diffusers' ``lora_state_dict`` and ``utils/state_dict_utils.py`` tell apart.
+    """
+    if any(k.startswith(("lora_unet_", "lora_te_", "lora_te1_", "lora_te2_")) for k in keys):
+        for part, name in _LYCORIS_PARTS.items():
+            if any(f".{part}" in k for k in keys):
+                return name
+        return "kohya"
+    if any(
+        ".lora_A." in k or ".lora_B." in k or k.endswith((".lora_A.weight", ".lora_B.weight")) for k in keys
+    ):
+        return "PEFT"
+    if any("_lora.down." in k or "_lora.up." in k for k in keys):
+        prefixed = any(k.startswith(("unet.", "text_encoder.")) for k in keys)
+        return "diffusers" if prefixed else "diffusers attention processors"
+    if any(".lora.down." in k or ".lora.up." in k or "lora_linear_layer" in k for k in keys):
+        return "diffusers"
+    if any("lora_down" in k or "lora_up" in k for k in keys):
+        return "kohya"
+    return None
+
+
+def _lora_facts(shapes: Mapping[str, tuple[int, ...]], fmt: str) -> dict[str, Any]:
+    targets = set()
+    ranks = set()
+    cross = None
+    for key, shape in shapes.items():
+        low = key.lower()
+        if low.startswith(("lora_te", "text_encoder.")) or "text_model" in low or "self_attn" in low:
+            targets.add("text_encoder")
+        else:
+            targets.add("unet")
+        down = "lora_down" in low or ".lora.down" in low or "_lora.down" in low or "lora_a" in low
+        if down and len(shape) >= 2:
+            ranks.add(shape[0])
+            if "attn2" in low and "to_k" in low:
+                cross = shape[1]
+        if "lora_linear_layer.down" in low and len(shape) >= 2:
+            ranks.add(shape[0])
+    return {
+        "lora_format": fmt,
+        "targets": sorted(targets),
+        "rank": max(ranks) if ranks else None,
+        "cross_attention_dim": cross,
+        "base": _TEXT_WIDTH_FAMILY.get(cross or 0),
+    }
+
+
+def _embedding_facts(shapes: Mapping[str, tuple[int, ...]]) -> dict[str, Any] | None:
+    """Textual inversion layouts (diffusers ``loaders/textual_inversion.py``
+    ``_retrieve_tokens_and_embeddings``; A1111 ``modules/textual_inversion/textual_inversion.py``):
+    A1111 ``.pt`` (``string_to_param.*``, sometimes pickled as a ``ParameterDict``), ``.safetensors``
+    with ``emb_params``, SDXL ``clip_l`` / ``clip_g``, and diffusers' ``learned_embeds`` (one
+    ``{token: vector}`` entry)."""
+    keys = list(shapes)
+    params = [k for k in keys if k.startswith("string_to_param.")]
+    extra: dict[str, Any] = {}
+    if params:
+        key, layout = params[0], "A1111 .pt (string_to_param)"
+    elif "emb_params" in shapes:
+        key, layout = "emb_params", "A1111 safetensors (emb_params)"
+    elif "clip_l" in shapes or "clip_g" in shapes:
+        key, layout = ("clip_l" if "clip_l" in shapes else "clip_g"), "SDXL (clip_l / clip_g)"
+        extra["base"] = "SDXL"
+    elif len(keys) == 1 and len(shapes[keys[0]]) in (1, 2) and not keys[0].endswith((".weight", ".bias")):
+        # One {token: vectors} entry, named after the token ("<cat-toy>"), not after a layer.
+        key, layout = keys[0], "diffusers learned_embeds"
+        extra["token"] = key
+    else:
+        return None
+    shape = shapes[key]
+    width = shape[-1] if shape else None
+    return {
+        "embedding_format": layout,
+        "vectors": shape[0] if len(shape) == 2 else 1,
+        "width": width,
+        "base": _EMBEDDING_WIDTHS.get(width or 0),
+        **extra,
+    }
+
+
+_EMBEDDING_WIDTHS = {768: "SD1.x", 1024: "SD2.x"}
+
+
+# ----------------------------------------------------------------------------- image encoders
+
+
+def _classify_image_encoder_file(path: Path, shapes: Mapping[str, tuple[int, ...]], fmt: str) -> Detection:
+    """A lone image-encoder weight file (ComfyUI's ``clip_vision/CLIP-ViT-H-14-laion2B-s32B-b79K``):
+    transformers ``CLIPVisionModelWithProjection`` names (``vision_model.*``, ``visual_projection``),
+    loaded with the bundled ViT-H/14 config. ComfyUI ``comfy/clip_vision.py`` ``load_clipvision_from_sd``
+    tells the encoders apart by depth: layer 47 = ViT-bigG, 30 = ViT-H, 22 = ViT-L."""
+    hidden = shapes["vision_model.embeddings.patch_embedding.weight"][0]
+    proj = shapes.get("visual_projection.weight", (None,))[0]
+    name = HIDDEN_WIDTH_ENCODER.get(hidden, f"{hidden}-wide")
+    details = dict(hidden_size=hidden, projection_dim=proj, encoder=HIDDEN_WIDTH_ENCODER.get(hidden))
+    arch = f"CLIP {name} image encoder"
+    from ipa_studio.core.models.convert import vision_config
+
+    if hidden != vision_config()["hidden_size"]:
+        reason = (
+            f"a {name} image encoder on its own; IPA Studio reads single-file image encoders for "
+            "ViT-H/14 only (the SD1.5 adapters' encoder); use its folder with config.json instead"
+        )
+        return _make(path, "image_encoder", arch, reason, fmt, **details)
+    problems = image_encoder_problems(shapes)
+    reason = f"it does not match the ViT-H/14 image encoder: {problems[0]}" if problems else None
+    return _make(path, "image_encoder", arch, reason, fmt, **details)
+
+
+def image_encoder_problems(
+    shapes: Mapping[str, tuple[int, ...]], config: Mapping[str, Any] | None = None
+) -> list[str]:
+    """What stops the loader from filling the bundled ViT-H/14 encoder (or ``config``'s) from these
+    weights."""
+    from ipa_studio.core.models.convert import expected_vision_shapes
+
+    want = expected_vision_shapes(config)
+    got = {k: v for k, v in shapes.items() if not k.endswith("position_ids")}
+    problems = []
+    missing = [k for k in want if k not in got]
+    if missing:
+        problems.append(
+            f"it lacks {len(missing)} of the encoder's {len(want)} weights (for example '{missing[0]}')"
+        )
+    wrong = next((k for k in want if k in got and tuple(got[k]) != want[k]), None)
+    if wrong:
+        problems.append(
+            f"its weight '{wrong}' is {list(got[wrong])} where the encoder has {list(want[wrong])}"
+        )
+    extra = [k for k in got if k not in want]
+    if extra:
+        problems.append(f"it has {len(extra)} weights the encoder does not (for example '{extra[0]}')")
+    return problems
+
+
+# ----------------------------------------------------------------------------- SD checkpoints
+
+
+def _classify_ldm(
+    path: Path,
+    shapes: Mapping[str, tuple[int, ...]],
+    fmt: str,
+    dtypes: Mapping[str, str] | None,
+    config: Mapping[str, Any] | None,
+) -> Detection:
+    from ipa_studio.core.models.convert import TEXT_PREFIX, describe_extras, single_file_problems
+
     unet = "model.diffusion_model."
     conv_in = shapes.get(unet + "input_blocks.0.0.weight")
     in_ch = conv_in[1] if conv_in and len(conv_in) == 4 else None
@@ -340,18 +568,31 @@ def _classify_ldm(path: Path, shapes: Mapping[str, tuple[int, ...]], fmt: str) -
     if in_ch not in (4, 9):
         return _make(path, "base", "SD-like", f"its UNet takes {in_ch} input channels (expected 4 or 9)", fmt)
     arch = f"SD1.x{inpaint}" if cross == SD15_TEXT_WIDTH else f"SD1.x-shaped{inpaint} ({cross}-wide text)"
+    details |= describe_extras(shapes, dtypes)
     missing = []
     if not any(k.startswith("first_stage_model.") for k in shapes):
         missing.append("VAE")
-    if not any(k.startswith("cond_stage_model.transformer.") for k in shapes):
+    if details["text_encoder_layout"] is None:
         missing.append("text encoder")
-    details["ema_only"] = not any(k.startswith("model_ema.") for k in shapes)
     if missing:
         reason = f"it has no {' and no '.join(missing)} weights (a UNet-only file); use a full checkpoint"
+        if any(k.startswith(TEXT_PREFIX) for k in shapes) and "text encoder" in missing:
+            reason = "its text encoder is in a layout IPA Studio does not know (not CLIP ViT-L/14 names)"
         return _make(path, "base", arch, reason, fmt, **details)
-    if cross != SD15_TEXT_WIDTH:
-        # Loadable only with a matching config (tests' tiny models); the bundled configs are SD1.5's.
-        reason = f"its text features are {cross} wide, not SD1.5's 768: not a standard SD1.5 checkpoint"
+    if config is None:
+        from ipa_studio.core.models.loader import single_file_configs
+
+        config = single_file_configs()
+        config["unet"] = {**config["unet"], "in_channels": in_ch}
+        if cross != config["unet"]["cross_attention_dim"]:
+            # Loadable only with a config folder of its own; the bundled configs are SD1.5's.
+            reason = f"its text features are {cross} wide, not SD1.5's 768: not a standard SD1.5 checkpoint"
+            return _make(path, "base", arch, reason, fmt, **details)
+    # The check the loader relies on: the file's weights, converted exactly as the loader converts
+    # them, are every weight of the models it builds, at their shapes.
+    problems = single_file_problems(shapes, config["unet"], config["vae"], config["text_encoder"])
+    if problems:
+        reason = "it is damaged or not a standard SD1.5 checkpoint: " + "; ".join(problems[:2])
         return _make(path, "base", arch, reason, fmt, **details)
     return _make(path, "base", arch, None, fmt, **details)
 
@@ -403,13 +644,30 @@ def _classify_adapter(path: Path, shapes: Mapping[str, tuple[int, ...]], fmt: st
 
 # ----------------------------------------------------------------------------- folders
 
-_WEIGHT_NAMES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin", "model.safetensors")
+_WEIGHT_STEMS = ("diffusion_pytorch_model", "model", "pytorch_model")
+_WEIGHT_SUFFIXES = (".safetensors", ".bin")
+VARIANTS = ("fp16", "bf16", "fp32")
+
+
+def find_weights(folder: Path) -> tuple[Path, str | None] | None:
+    """(weights file, variant) of one diffusers / transformers component folder, or None.
+
+    The plain names first (``diffusion_pytorch_model.safetensors``, ``model.safetensors``, ``.bin``),
+    then the variant files most hub repos hold instead (``diffusion_pytorch_model.fp16.safetensors``,
+    loaded by diffusers with ``variant="fp16"``); a sharded index counts as the weights too.
+    """
+    for variant in (None, *VARIANTS):
+        infix = f".{variant}" if variant else ""
+        for suffix in _WEIGHT_SUFFIXES:
+            for stem in _WEIGHT_STEMS:
+                for name in (f"{stem}{infix}{suffix}", f"{stem}{infix}{suffix}.index.json"):
+                    if (folder / name).is_file():
+                        return folder / name, variant
+    return None
 
 
 def _has_weights(folder: Path) -> bool:
-    return any((folder / n).is_file() for n in (*_WEIGHT_NAMES, "pytorch_model.bin")) or any(
-        folder.glob("*.safetensors.index.json")
-    )
+    return find_weights(folder) is not None
 
 
 def _read_json(path: Path) -> dict | None:
@@ -426,6 +684,15 @@ def _detect_folder(path: Path) -> Detection:
         return _detect_diffusers_base(path, unet_cfg)
     cfg = _read_json(path / "config.json")
     if cfg is None:
+        from ipa_studio.core.models.scan import recognise
+
+        install = recognise(path).name
+        if install != "folder":
+            reason = (
+                f"a {install} folder, not one model: 'ipa-studio models add-folder' lists the models "
+                "in it where they are"
+            )
+            return _make(path, "unknown", f"{install} folder", reason, "unknown")
         return _make(
             path,
             "unknown",
@@ -479,7 +746,12 @@ def _detect_diffusers_base(path: Path, unet_cfg: dict | None) -> Detection:
     unet_cfg = unet_cfg or {}
     cross = unet_cfg.get("cross_attention_dim")
     in_ch = unet_cfg.get("in_channels")
-    details = {"in_channels": in_ch, "cross_attention_dim": cross}
+    details: dict[str, Any] = {"in_channels": in_ch, "cross_attention_dim": cross}
+    variants = {
+        p: found[1] for p in ("unet", "vae", "text_encoder") if (found := find_weights(path / p)) and found[1]
+    }
+    if variants:
+        details["weights_variant"] = variants
     inpaint = " inpainting" if in_ch == 9 else ""
     if (
         unet_cfg.get("addition_embed_type") == "text_time"

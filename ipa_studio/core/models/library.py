@@ -33,6 +33,7 @@ from ipa_studio.core.errors import Cancelled, IPAStudioError, ModelFileError
 from ipa_studio.core.models import catalog as _catalog
 from ipa_studio.core.models.detect import Detection, detect
 from ipa_studio.core.models.safe_load import PICKLE_SUFFIXES, SAFETENSORS_SUFFIX
+from ipa_studio.core.models.scan import find_models
 
 INDEX_NAME = "library.json"
 INDEX_VERSION = 1
@@ -158,29 +159,32 @@ def _is_within(path: Path, folder: Path) -> bool:
         return False
 
 
-def looks_like_model(path: Path) -> bool:
-    """Worth detecting while scanning a folder: a weight file, or a folder with a model config."""
-    if path.name.startswith(".") or path.name == INDEX_NAME:
-        return False
+def _disk_size(path: Path) -> int:
     if path.is_file():
-        return path.suffix.lower() in MODEL_SUFFIXES
-    return (
-        (path / "model_index.json").is_file() or (path / "unet").is_dir() or (path / "config.json").is_file()
-    )
+        return path.stat().st_size
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def _found_in(entry: LibraryEntry, folder: Path) -> bool:
+    """Whether a scanned entry was found below ``folder`` (by where it was found, not where a link
+    points)."""
+    return _is_within(entry.path, folder) or Path(entry.source.ref).is_relative_to(folder)
 
 
 def convert_to_safetensors(src: Path, dest: Path) -> Path:
     """Write the weights of a pickle checkpoint as ``.safetensors`` (read safely; atomic write).
 
     Only tensors are kept (training leftovers are dropped). An SD ``.ckpt``'s "state_dict" is
-    unwrapped; an adapter's nested ``image_proj`` / ``ip_adapter`` become the official flat prefixes.
+    unwrapped and its text encoder written in the standard layout; an adapter's nested
+    ``image_proj`` / ``ip_adapter`` become the official flat prefixes.
     """
     from safetensors.torch import save_file
 
+    from ipa_studio.core.models.convert import standardize_checkpoint
     from ipa_studio.core.models.detect import flatten_state
     from ipa_studio.core.models.safe_load import load_weights
 
-    state = flatten_state(load_weights(src))
+    state = standardize_checkpoint(flatten_state(load_weights(src)))
     if not state:
         raise ModelFileError(f"'{src.name}' holds no weights to convert.")
     # safetensors refuses tensors sharing memory; a private contiguous copy of each is always accepted.
@@ -328,7 +332,9 @@ class ModelLibrary:
         sha = sha256_of(path, on_progress, should_cancel) if hash_files and found.kind != "invalid" else None
         return LibraryEntry(
             name=name,
-            path=path.resolve(),
+            # The folders resolved, the name kept: a linked file (the Hugging Face cache's snapshots
+            # link to content-named blobs) keeps the name and suffix that say what it is.
+            path=path.parent.resolve() / path.name,
             kind=found.kind,
             architecture=found.architecture,
             usable=found.usable,
@@ -511,16 +517,14 @@ class ModelLibrary:
         if str(folder) not in data["folders"]:
             data["folders"].append(str(folder))
             self._write(data)
-        return [e for e in self.refresh(hash_new=False) if _is_within(e.path, folder)]
+        return [e for e in self.refresh(hash_new=False) if _found_in(e, folder)]
 
     def remove_folder(self, folder: str | Path) -> None:
         folder = Path(folder).expanduser().resolve()
         data = self._read()
         data["folders"] = [f for f in data["folders"] if Path(f) != folder]
         data["entries"] = [
-            e.to_json()
-            for e in self._entries(data)
-            if not (e.source.type == "scan" and _is_within(e.path, folder))
+            e.to_json() for e in self._entries(data) if not (e.source.type == "scan" and _found_in(e, folder))
         ]
         self._write(data)
 
@@ -538,7 +542,7 @@ class ModelLibrary:
                 entry = dataclasses.replace(
                     entry, usable=False, reason="its file is missing", kind=entry.kind
                 )
-            elif path.is_file() and path.stat().st_size != entry.size_bytes:
+            elif _disk_size(path) != entry.size_bytes:
                 found = detect(path)
                 entry = dataclasses.replace(
                     entry,
@@ -557,17 +561,14 @@ class ModelLibrary:
         for folder in [self.root, *(Path(f) for f in data["folders"])]:
             if not folder.is_dir():
                 continue
-            for child in sorted(folder.iterdir()):
-                if should_cancel is not None and should_cancel():
-                    raise Cancelled("Scan cancelled.")
-                resolved = child.resolve()
-                if resolved in kept or resolved in hidden or not looks_like_model(child):
+            # Every model below the folder, in the places its install keeps them (scan.py).
+            for found in find_models(folder, should_cancel=should_cancel):
+                resolved = found.path.resolve()
+                if resolved in kept or resolved in hidden:
                     continue
-                name = self._unique_name(
-                    child.stem if child.is_file() else child.name, (e.name for e in kept.values())
-                )
+                name = self._unique_name(found.name, (e.name for e in kept.values()))
                 kept[resolved] = self._entry_for(
-                    child, Source("scan", str(resolved)), name, hash_files=hash_new
+                    found.path, Source("scan", str(found.path)), name, hash_files=hash_new
                 )
         data["entries"] = [e.to_json() for e in kept.values()]
         self._write(data)
@@ -618,8 +619,14 @@ def _pick_repo_files(repo_id: str, files: Mapping[str, Any]) -> list[str]:
     if "model_index.json" in files:
         chosen = ["model_index.json"]
         for part in ("unet", "vae", "text_encoder"):
-            options = [f"{part}/diffusion_pytorch_model.safetensors", f"{part}/model.safetensors"]
-            options += [f"{part}/diffusion_pytorch_model.bin", f"{part}/pytorch_model.bin"]
+            # Plain weights first, then the variant files most hub repos hold instead (the loader
+            # reads them with variant="fp16"), safetensors before pickles.
+            options = [
+                f"{part}/{stem}{infix}{suffix}"
+                for suffix in (".safetensors", ".bin")
+                for infix in ("", ".fp16", ".bf16")
+                for stem in ("diffusion_pytorch_model", "model", "pytorch_model")
+            ]
             weights = next((o for o in options if o in files), None)
             if weights is None:
                 raise LibraryError(f"'{repo_id}' has no {part} weights in a format IPA Studio reads.")

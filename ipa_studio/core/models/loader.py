@@ -4,7 +4,9 @@ Everything is loaded with ``local_files_only``: the engine never reaches the net
 SD1.5 checkpoint (``.safetensors`` / ``.ckpt`` in the original layout) is read once through the safe
 loader, checked by ``detect`` before anything is built, converted with diffusers' own key conversion
 and assigned into models built from the SD1.5 configs and tokenizer bundled in ``resources/`` —
-no hub, no cache, no download.
+no hub, no cache, no download. Single-file ControlNets and image encoders are read the same way,
+with the bundled SD1.5 ControlNet and CLIP ViT-H/14 configs. Diffusers folders whose weights exist
+only as variant files (``*.fp16.safetensors``, most hub repos) are loaded with that variant.
 """
 
 from __future__ import annotations
@@ -42,6 +44,15 @@ class BaseModel:
         return 2 ** (len(self.vae.config.block_out_channels) - 1)
 
 
+def _variant(folder: Path) -> str | None:
+    """The weights variant to ask diffusers / transformers for: None when the plain files are there,
+    "fp16" (…) when only ``*.fp16.safetensors`` files are."""
+    from ipa_studio.core.models.detect import find_weights
+
+    found = find_weights(folder)
+    return found[1] if found is not None else None
+
+
 def _wrap(what: str, path: Path, exc: Exception) -> ModelFileError:
     detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     return ModelFileError(f"The {what} in '{path}' could not be loaded: {detail}")
@@ -72,9 +83,15 @@ def load_base_model(
         )
     opts = {"local_files_only": True}
     try:
-        unet = UNet2DConditionModel.from_pretrained(path, subfolder="unet", torch_dtype=dtype, **opts)
-        vae = AutoencoderKL.from_pretrained(path, subfolder="vae", torch_dtype=dtype, **opts)
-        text_encoder = CLIPTextModel.from_pretrained(path, subfolder="text_encoder", dtype=dtype, **opts)
+        unet = UNet2DConditionModel.from_pretrained(
+            path, subfolder="unet", torch_dtype=dtype, variant=_variant(path / "unet"), **opts
+        )
+        vae = AutoencoderKL.from_pretrained(
+            path, subfolder="vae", torch_dtype=dtype, variant=_variant(path / "vae"), **opts
+        )
+        text_encoder = CLIPTextModel.from_pretrained(
+            path, subfolder="text_encoder", dtype=dtype, variant=_variant(path / "text_encoder"), **opts
+        )
         tokenizer = CLIPTokenizer.from_pretrained(path, subfolder="tokenizer", **opts)
     except (OSError, ValueError, RuntimeError, KeyError) as exc:
         raise _wrap("base model", path, exc) from exc
@@ -181,7 +198,7 @@ def _load_single_file(path: Path, device: torch.device, dtype: torch.dtype, conf
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-    from ipa_studio.core.models.convert import from_single_file
+    from ipa_studio.core.models.convert import from_single_file, single_file_problems
     from ipa_studio.core.models.detect import classify_shapes, detect, flatten_state
     from ipa_studio.core.models.safe_load import load_weights
 
@@ -191,19 +208,20 @@ def _load_single_file(path: Path, device: torch.device, dtype: torch.dtype, conf
     # The one read of the file; everything below works on this dict.
     state = flatten_state(load_weights(path))
     fmt = "safetensors" if path.suffix.lower() == ".safetensors" else "pickle"
-    found = _check_single_file(
-        classify_shapes(path, {k: tuple(v.shape) for k, v in state.items()}, fmt), config
-    )
+    shapes = {k: tuple(v.shape) for k, v in state.items()}
+    found = _check_single_file(classify_shapes(path, shapes, fmt), config)
 
     cfg = single_file_configs(config)
     if config is None:
         cfg["unet"]["in_channels"] = found.details["in_channels"]
-    try:
-        unet_sd, vae_sd, text_sd = from_single_file(state, cfg["unet"], cfg["vae"])
-    except (KeyError, IndexError, ValueError) as exc:
-        raise ModelFileError(
-            f"'{path.name}' has an SD1.x UNet whose blocks are not laid out as SD1.5's ({exc})."
-        ) from exc
+    else:
+        # Detection checked the file against the bundled configs; a config folder replaces them.
+        problems = single_file_problems(shapes, cfg["unet"], cfg["vae"], cfg["text_encoder"])
+        if problems:
+            raise ModelFileError(
+                f"'{path.name}' does not fit the config folder '{config}': {'; '.join(problems[:2])}."
+            )
+    unet_sd, vae_sd, text_sd = from_single_file(state, cfg["unet"], cfg["vae"])
     del state
     # Empty (meta) modules: the checkpoint's tensors are assigned, never copied into random weights.
     with init_empty_weights(include_buffers=False):
@@ -223,20 +241,30 @@ def _load_single_file(path: Path, device: torch.device, dtype: torch.dtype, conf
     return _finish(path, unet, vae, text_encoder, tokenizer, scheduler_config, device)
 
 
-def load_image_encoder(path: str | Path, device: torch.device, dtype: torch.dtype) -> tuple[Any, Any]:
-    """Load a CLIP vision tower with projection and the preprocessing the official adapters expect."""
+def load_image_encoder(
+    path: str | Path, device: torch.device, dtype: torch.dtype, *, config: str | Path | None = None
+) -> tuple[Any, Any]:
+    """Load a CLIP vision tower with projection and the preprocessing the official adapters expect.
+
+    ``path``: a transformers folder (h94/IP-Adapter's ``models/image_encoder``: config.json and
+    model.safetensors) or that weight file on its own (how ComfyUI keeps it, as
+    ``clip_vision/CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors``), built with the bundled ViT-H/14
+    config — or with ``config`` (a folder with config.json, or the config.json) when given.
+    """
     from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
 
     path = Path(path)
-    if not path.is_dir():
-        raise ModelFileError(
-            f"The image encoder '{path}' is not a folder. Use the 'models/image_encoder' folder "
-            "(CLIP ViT-H/14: config.json and model.safetensors) that comes with the SD1.5 adapters."
-        )
-    try:
-        encoder = CLIPVisionModelWithProjection.from_pretrained(path, dtype=dtype, local_files_only=True)
-    except (OSError, ValueError, RuntimeError, KeyError) as exc:
-        raise _wrap("image encoder", path, exc) from exc
+    if not path.exists():
+        raise ModelFileError(f"The image encoder '{path}' does not exist.")
+    if path.is_file():
+        encoder = _load_image_encoder_file(path, dtype, Path(config) if config is not None else None)
+    else:
+        try:
+            encoder = CLIPVisionModelWithProjection.from_pretrained(
+                path, dtype=dtype, local_files_only=True, variant=_variant(path)
+            )
+        except (OSError, ValueError, RuntimeError, KeyError) as exc:
+            raise _wrap("image encoder", path, exc) from exc
     if device.type != "cpu":
         encoder.to(device)
     encoder.eval().requires_grad_(False)
@@ -247,16 +275,85 @@ def load_image_encoder(path: str | Path, device: torch.device, dtype: torch.dtyp
     return encoder, processor
 
 
-def load_controlnet(path: str | Path, device: torch.device, dtype: torch.dtype) -> Any:
+def _config_json(config: Path) -> dict:
+    file = config / "config.json" if config.is_dir() else config
+    if not file.is_file():
+        raise ModelFileError(f"The config '{config}' has no config.json.")
+    return _json(file)
+
+
+def _load_image_encoder_file(path: Path, dtype: torch.dtype, config: Path | None) -> Any:
+    from accelerate import init_empty_weights
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    from ipa_studio.core.models.convert import vision_config
+    from ipa_studio.core.models.detect import detect, flatten_state, image_encoder_problems
+    from ipa_studio.core.models.safe_load import load_weights
+
+    if config is None:
+        found = detect(path)
+        if found.kind != "image_encoder" or not found.usable:
+            reason = found.reason or f"it is a {found.architecture}, not an image encoder"
+            raise ModelFileError(f"'{path.name}' cannot be used as the image encoder: {reason}.")
+    cfg = vision_config(_config_json(config) if config is not None else None)
+    state = {k: v for k, v in flatten_state(load_weights(path)).items() if not k.endswith("position_ids")}
+    problems = image_encoder_problems({k: tuple(v.shape) for k, v in state.items()}, cfg)
+    if problems:
+        raise ModelFileError(f"'{path.name}' cannot be used as the image encoder: {'; '.join(problems[:2])}.")
+    with init_empty_weights(include_buffers=False):
+        encoder = CLIPVisionModelWithProjection(CLIPVisionConfig(**cfg))
+    return _assign(encoder, state, "image encoder", path.name, dtype)
+
+
+def load_controlnet(
+    path: str | Path, device: torch.device, dtype: torch.dtype, *, config: str | Path | None = None
+) -> Any:
+    """Load a ControlNet: a diffusers folder, or a single file as A1111 / ComfyUI users have them
+    (ControlNet-v1-1 ``.pth`` with ``control_model.``, bare ``.safetensors``, diffusers-layout single
+    files, ControlNet 1.0 files with their base model inside), built with the bundled SD1.5
+    ControlNet config — or ``config`` (a folder with config.json, or the file) when given."""
     from diffusers import ControlNetModel
 
     path = Path(path)
-    if not path.is_dir():
-        raise ModelFileError(f"The ControlNet '{path}' is not a diffusers folder.")
-    try:
-        model = ControlNetModel.from_pretrained(path, torch_dtype=dtype, local_files_only=True)
-    except (OSError, ValueError, RuntimeError, KeyError) as exc:
-        raise _wrap("ControlNet", path, exc) from exc
+    if not path.exists():
+        raise ModelFileError(f"The ControlNet '{path}' does not exist.")
+    if path.is_file():
+        model = _load_controlnet_file(path, dtype, Path(config) if config is not None else None)
+    else:
+        try:
+            model = ControlNetModel.from_pretrained(
+                path, torch_dtype=dtype, local_files_only=True, variant=_variant(path)
+            )
+        except (OSError, ValueError, RuntimeError, KeyError) as exc:
+            raise _wrap("ControlNet", path, exc) from exc
     if device.type != "cpu":
         model.to(device)
     return model.eval().requires_grad_(False)
+
+
+def _load_controlnet_file(path: Path, dtype: torch.dtype, config: Path | None) -> Any:
+    from accelerate import init_empty_weights
+    from diffusers import ControlNetModel
+
+    from ipa_studio.core.models.convert import (
+        controlnet_config,
+        controlnet_from_single_file,
+        controlnet_problems,
+    )
+    from ipa_studio.core.models.detect import flatten_state
+    from ipa_studio.core.models.safe_load import load_weights
+    from ipa_studio.core.preprocess.controlnets import detect_controlnet
+
+    cfg = controlnet_config(_config_json(config) if config is not None else None)
+    info = detect_controlnet(path, base_cross_attention_dim=int(cfg["cross_attention_dim"]))
+    if not info.usable:
+        raise ModelFileError(f"'{path.name}' cannot be used as a ControlNet: {info.reason}")
+    state = flatten_state(load_weights(path))
+    problems = controlnet_problems({k: tuple(v.shape) for k, v in state.items()}, cfg)
+    if problems:
+        raise ModelFileError(f"'{path.name}' cannot be used as a ControlNet: {'; '.join(problems[:2])}.")
+    converted = controlnet_from_single_file(state, cfg)
+    del state
+    with init_empty_weights(include_buffers=False):
+        model = ControlNetModel.from_config(cfg)
+    return _assign(model, converted, "ControlNet", path.name, dtype)

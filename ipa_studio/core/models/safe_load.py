@@ -68,6 +68,17 @@ class _TrainingLeftover:
         return "<training leftover, ignored>"
 
 
+class _ParameterTable(dict):
+    """Inert stand-in for ``torch.nn.ParameterDict``, which old textual-inversion ``.pt`` files pickle
+    whole (A1111 reads ``string_to_param._parameters`` from them). Only the tensors are kept, as a
+    plain mapping; the module's other state (hooks, flags) is dropped and nothing of torch.nn runs."""
+
+    def __setstate__(self, state: Any) -> None:
+        params = state.get("_parameters") if isinstance(state, dict) else None
+        if isinstance(params, dict):
+            self.update(params)
+
+
 # Globals that PyTorch Lightning / CompVis-era checkpoints reference next to their weights.
 _LEFTOVER_NAMES = (
     "pytorch_lightning.callbacks.model_checkpoint.ModelCheckpoint",
@@ -91,6 +102,7 @@ def checkpoint_globals() -> tuple[Any, ...]:
     import numpy as np
 
     pairs: list[Any] = [(_TrainingLeftover, name) for name in _LEFTOVER_NAMES]
+    pairs.append((_ParameterTable, "torch.nn.modules.container.ParameterDict"))
     try:
         from numpy._core.multiarray import scalar
     except ImportError:  # numpy 1.x

@@ -80,14 +80,14 @@ def detect_controlnet(
     path: str | Path,
     *,
     base_cross_attention_dim: int = SD15_CROSS_ATTENTION_DIM,
-    single_file_loadable: bool = False,
+    single_file_loadable: bool = True,
 ) -> ControlNetInfo:
     """Describe the ControlNet at ``path`` (a diffusers folder or a single weight file).
 
     ``usable`` means the engine can run it: it fits a base model whose UNet has
     ``base_cross_attention_dim`` (768: SD1.5), reads 3-channel control images, and is in a format the
-    loader reads. The loader reads diffusers folders; pass ``single_file_loadable=True`` once it reads
-    single files too (kind, base and widths are reported for single files either way). Raises
+    loader reads. The loader reads diffusers folders and single files (``single_file_loadable=False``
+    judges for a loader that reads folders only; kind, base and widths are reported either way). Raises
     ``ModelFileError`` only when ``path`` does not exist; anything wrong with the contents is
     reported in ``reason``.
     """
@@ -166,7 +166,10 @@ def _detect_folder(path: Path, base_cross: int) -> ControlNetInfo:
         what = f"a {cls}" if cls else "no diffusers model"
         return _not_usable(path, "diffusers", kind, f"Its config.json describes {what}, not a ControlNet.")
 
-    weights = next((path / w for w in DIFFUSERS_WEIGHTS if (path / w).is_file()), None)
+    from ipa_studio.core.models.detect import find_weights
+
+    found = find_weights(path)
+    weights = found[0] if found is not None else None
     if weights is None:
         variants = sorted(p.name for p in path.glob("diffusion_pytorch_model.*"))
         found = f" (found only {', '.join(variants)})" if variants else ""
@@ -174,7 +177,7 @@ def _detect_folder(path: Path, base_cross: int) -> ControlNetInfo:
             path, "diffusers", kind, f"The weights file {DIFFUSERS_WEIGHTS[0]} is missing{found}."
         )
     cross = config.get("cross_attention_dim")
-    if weights.suffix == ".safetensors":
+    if weights.name.endswith(".safetensors"):
         try:
             shapes = _safetensors_shapes(weights)
         except _NotUsable as exc:
@@ -214,9 +217,20 @@ def _detect_file(path: Path, base_cross: int) -> ControlNetInfo:
             shapes = _pickle_shapes(path)
         else:
             raise _NotUsable(f"'{path.suffix}' is not a weight file type (.safetensors, .pth, .bin, .ckpt).")
-        return _verdict_from_keys(path, kind, shapes, base_cross)
+        info = _verdict_from_keys(path, kind, shapes, base_cross)
     except _NotUsable as exc:
         return _not_usable(path, "single-file", kind, str(exc))
+    from ipa_studio.core.models.convert import controlnet_config, controlnet_problems
+
+    bundled = controlnet_config()
+    if info.usable and info.cross_attention_dim == bundled["cross_attention_dim"]:
+        # Usable means loadable: the loader's own conversion must find every weight of the SD1.5
+        # ControlNet it builds from the bundled config.
+        problems = controlnet_problems(shapes, bundled)
+        if problems:
+            why = "It is damaged or not a standard SD1.5 ControlNet: " + "; ".join(problems[:2]) + "."
+            return dataclasses.replace(info, usable=False, reason=why)
+    return info
 
 
 def _verdict_from_keys(

@@ -466,7 +466,7 @@ class SetupPanel(QScrollArea):
         start = self.paths()[kind] or str(self.models_dir)
         if kind == "adapter":
             path, _ = QFileDialog.getOpenFileName(
-                self, title, start, "IP-Adapter (*.safetensors *.bin);;All files (*)"
+                self, title, start, "IP-Adapter (*.safetensors *.bin *.pth);;All files (*)"
             )
         elif kind == "base" and single_file:
             path, _ = QFileDialog.getOpenFileName(
