@@ -136,6 +136,9 @@ def explain_uv_failure(output: str, *, offline: bool, folder: Path) -> str:
     match = MISSING.search(output) or MISSING_SYNC.search(output)
     if match:
         groups = [g for g in match.groups() if g]
+        if len(groups) == 1:  # the version is in "you require NAME==VERSION", maybe on the next line
+            pinned = re.search(rf"require\s+`?{re.escape(groups[0])}==([^\s`,]+)", output)
+            groups += [pinned.group(1)] if pinned else []
         name = " ".join(groups[:2])
         if offline:
             return (
@@ -168,6 +171,8 @@ def disk_full_message(folder: Path) -> str:
 
 class Runner:
     """Carries out one :class:`Plan`. ``run`` raises :class:`InstallError` or :class:`Cancelled`."""
+
+    verify_script = VERIFY_SCRIPT  # tests of the sequence around it may swap in a quicker one
 
     WEIGHTS = {
         "check": 0.02,
@@ -483,7 +488,7 @@ class Runner:
         env["QT_QPA_PLATFORM"] = "offscreen"  # imports Qt's libraries without needing a screen
         launcher_dirs = [str(d) for d in _launcher_dirs()]
         code, out = self.run_process(
-            [python, "-I", VERIFY_SCRIPT, plan.device, *launcher_dirs], env=env, timeout=900
+            [python, "-I", self.verify_script, plan.device, *launcher_dirs], env=env, timeout=900
         )
         report: dict = {}
         for line in reversed(out.splitlines()):

@@ -44,11 +44,15 @@ def _write(folder: Path, record: InstallRecord) -> None:
     path = marker_path(folder)
     tmp = path.with_name(path.name + ".tmp")
     data = json.dumps({"format": FORMAT, **asdict(record)}, indent=2)
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def read(folder: Path) -> InstallRecord | None:
