@@ -55,11 +55,20 @@ def parse(argv: list[str]) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def install_folder(args: argparse.Namespace, system: str) -> Path:
+    """--folder, else the installation this account made last (Windows' uninstaller passes none)."""
+    if args.folder:
+        return args.folder.expanduser().absolute()
+    if args.action != "install" and state.known_installs():
+        return state.known_installs()[0]
+    return default_install_folder(system)
+
+
 def build_plan(args: argparse.Namespace, system: str) -> Plan:
     payload = find_payload(args.app_wheel)
     index = load_index(payload.locks_dir)
     hardware = detect()
-    folder = (args.folder or default_install_folder(system)).expanduser().absolute()
+    folder = install_folder(args, system)
     record = state.read(folder)
     if args.action == "uninstall":
         remove = frozenset(k for k in ("models", "pictures", "settings") if getattr(args, f"remove_{k}"))
@@ -91,7 +100,7 @@ def build_plan(args: argparse.Namespace, system: str) -> Plan:
 
 def headless(args: argparse.Namespace, system: str) -> int:
     if args.action in ("start", "status"):
-        folder = (args.folder or default_install_folder(system)).expanduser().absolute()
+        folder = install_folder(args, system)
         if args.action == "status":
             record = state.read(folder)
             print(

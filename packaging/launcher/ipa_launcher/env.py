@@ -204,4 +204,5 @@ def index_settings(
         extra_env.append(("SSL_CERT_FILE", values["cert"]))
     if not args and not extra_env:
         sources = []
-    return IndexSettings(tuple(args), tuple(f"pip settings ({s})" for s in sources), tuple(extra_env))
+    described = (f"your pip settings ({', '.join(sources)})",) if sources else ()
+    return IndexSettings(tuple(args), described, tuple(extra_env))
