@@ -39,7 +39,9 @@ secs() { python3 -c "print(f'{$2 - $1:.1f}')"; }
 
 T="$(mktemp -d "${TMPDIR:-/tmp}/ipa-smoke.XXXXXX")"
 MOUNTS=()
+MAIN_PID=$$
 cleanup() {
+    [ "$BASHPID" = "$MAIN_PID" ] || return 0  # a subshell ending must not clean up under the main one
     for m in "${MOUNTS[@]}"; do umount "$m" 2> /dev/null || umount -l "$m" 2> /dev/null; done
     if [ "$KEEP" -eq 0 ]; then rm -rf "$T"; else echo "kept $T"; fi
 }
@@ -111,13 +113,14 @@ cat > "$T/window_time.sh" << 'SH'
 #!/bin/sh
 # $1 = launcher, $2 = install folder; prints seconds from start to a mapped "IPA Studio" window.
 start=$(date +%s.%N)
-"$1" --headless --action start --folder "$2" || exit 1
+pid="$("$1" --headless --action start --folder "$2" | sed -n 's/.*(pid \([0-9]*\)).*/\1/p')"
+[ -n "$pid" ] || exit 1
 i=0
 while [ $i -lt 1200 ]; do
     if xwininfo -root -tree 2> /dev/null | grep -q '"IPA Studio"'; then
         end=$(date +%s.%N)
         python3 -c "print(f'{$end - $start:.1f}')"
-        pkill -f "$2/env/bin/ipa-studio-gui" 2> /dev/null  # our own app, by its full install path
+        kill "$pid" 2> /dev/null  # the app this script started
         exit 0
     fi
     sleep 0.1
@@ -132,6 +135,32 @@ for run in 1 2; do
          '$T/window_time.sh' '$LAUNCHER' '$INSTALL'")"
     check "app window appears after starting the installer (run $run: ${secs_to_window:-none} s)" '[ -n "$secs_to_window" ]'
 done
+
+cat > "$T/installer_window_time.sh" << 'SH'
+#!/bin/sh
+# $1 = launcher; prints seconds from starting it (as a double-click does) to its window.
+start=$(date +%s.%N)
+"$1" > /dev/null 2>&1 &
+pid=$!
+i=0
+while [ $i -lt 600 ]; do
+    if xwininfo -root -tree 2> /dev/null | grep -q '"IPA Studio Installer"'; then
+        end=$(date +%s.%N)
+        python3 -c "print(f'{$end - $start:.1f}')"
+        kill "$pid"
+        exit 0
+    fi
+    sleep 0.1
+    i=$((i + 1))
+done
+kill "$pid"
+exit 1
+SH
+chmod +x "$T/installer_window_time.sh"
+secs_to_window="$(xvfb-run -a -s "-screen 0 1366x768x24" sh -c \
+    "env -i HOME='$HOME_DIR' PATH=/usr/bin:/bin LANG=C.UTF-8 DISPLAY=\"\$DISPLAY\" XAUTHORITY=\"\$XAUTHORITY\" \
+     '$T/installer_window_time.sh' '$LAUNCHER'")"
+check "the installer's own window appears (${secs_to_window:-none} s)" '[ -n "$secs_to_window" ]'
 
 # --- a person's data, which Repair and Uninstall must keep ------------------------------------------
 MODELS="$HOME_DIR/.local/share/IPA Studio/models"
@@ -169,14 +198,20 @@ echo "left in HOME after uninstall:"
 (cd "$HOME_DIR" && find . -type f | sort | sed 's/^/    /')
 
 # --- broken offline bundles ---------------------------------------------------------------------------
-expect_incomplete() { # $1 label, $2 folder, $3 log, $4 words the message must contain
-    local rc="$5"
-    check "$1: fails (rc=$rc)" '[ "$rc" -ne 0 ]'
-    echo "    message: $(grep '^error:' "$3" | tail -1)"
-    check "$1: says '$4'" 'grep "^error:" "$3" | grep -q "$4"'
-    check "$1: no install marked complete" '! grep -q "\"state\": \"complete\"" "$2/ipa-studio-install.json" 2> /dev/null'
-    check "$1: no desktop entry" '[ ! -e "$ENTRY" ]'
-    check "$1: the app does not start" '! clean "$LAUNCHER" --headless --action start --folder "$2" > /dev/null 2>&1'
+expect_incomplete() { # label, install folder, log, words the message must contain, exit code
+    # check() evals its test in its own frame, so the test names these variables, not $1 … $5.
+    X_LABEL="$1" X_FOLDER="$2" X_LOG="$3" X_WORDS="$4" X_RC="$5"
+    check "$X_LABEL: fails (rc=$X_RC)" '[ "$X_RC" -ne 0 ]'
+    echo "    message: $(grep '^error:' "$X_LOG" | tail -1)"
+    check "$X_LABEL: says '$X_WORDS'" 'grep "^error:" "$X_LOG" | grep -q "$X_WORDS"'
+    if [ -e "$X_FOLDER/ipa-studio-install.json" ]; then
+        echo "    marker: $(grep -o '"state": "[a-z]*"' "$X_FOLDER/ipa-studio-install.json")"
+    fi
+    check "$X_LABEL: no install marked complete" \
+        '! grep -q "\"state\": \"complete\"" "$X_FOLDER/ipa-studio-install.json" 2> /dev/null'
+    check "$X_LABEL: no desktop entry" '[ ! -e "$ENTRY" ]'
+    check "$X_LABEL: the app does not start" \
+        '! clean "$LAUNCHER" --headless --action start --folder "$X_FOLDER" > /dev/null 2>&1'
 }
 broken_bundle() { # $1 = name; makes $T/$1 a hard-linked copy of the bundle beside a copy of the launcher
     local dir="$T/$1"
@@ -191,12 +226,14 @@ B="$(broken_bundle missing)"
 rm "$B"/wheelhouse/wheels/safetensors-*.whl
 clean "$B/AppRun" --headless --action install --folder "$T/missing/IPAStudio" > "$T/missing.log" 2>&1
 expect_incomplete "missing wheel" "$T/missing/IPAStudio" "$T/missing.log" "missing" $?
+check "missing wheel: marker says incomplete" 'grep -q "\"state\": \"incomplete\"" "$T/missing/IPAStudio/ipa-studio-install.json"'
 
 B="$(broken_bundle corrupt)"
 victim="$(ls "$B"/wheelhouse/wheels/pillow-*.whl)"
 head -c 100000 "$WHEELHOUSE/wheels/$(basename "$victim")" > "$victim.tmp" && rm "$victim" && mv "$victim.tmp" "$victim"
 clean "$B/AppRun" --headless --action install --folder "$T/corrupt/IPAStudio" > "$T/corrupt.log" 2>&1
 expect_incomplete "corrupt wheel" "$T/corrupt/IPAStudio" "$T/corrupt.log" "damaged" $?
+check "corrupt wheel: marker says incomplete" 'grep -q "\"state\": \"incomplete\"" "$T/corrupt/IPAStudio/ipa-studio-install.json"'
 
 # --- full disks ----------------------------------------------------------------------------------
 if [ "$(id -u)" -eq 0 ]; then
@@ -229,6 +266,8 @@ if [ "$(id -u)" -eq 0 ]; then
         echo "    filled the disk: $(df -h --output=avail "$FULL" | tail -1) left"
         wait $pid
         expect_incomplete "disk full during install" "$FULL/IPAStudio" "$T/full.log" "is full" $?
+        check "disk full during install: marker says incomplete" \
+            'grep -q "\"state\": \"incomplete\"" "$FULL/IPAStudio/ipa-studio-install.json"'
         rm -f "$FULL/someone-elses-video.mkv"
     else
         echo "SKIP: could not mount a loop device"

@@ -114,10 +114,11 @@ def headless(args: argparse.Namespace, system: str) -> int:
             )
             return 0 if state.status(folder) == "complete" else 1
         try:
-            start_app(folder, system)
+            proc = start_app(folder, system)
         except (InstallError, OSError) as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 1
+        print(f"started {APP_NAME} (pid {proc.pid})", flush=True)
         return 0
     try:
         plan = build_plan(args, system)
