@@ -235,6 +235,19 @@ clean "$B/AppRun" --headless --action install --folder "$T/corrupt/IPAStudio" > 
 expect_incomplete "corrupt wheel" "$T/corrupt/IPAStudio" "$T/corrupt.log" "damaged" $?
 check "corrupt wheel: marker says incomplete" 'grep -q "\"state\": \"incomplete\"" "$T/corrupt/IPAStudio/ipa-studio-install.json"'
 
+B="$(broken_bundle swapped)"
+victim="$(ls "$B"/wheelhouse/wheels/pillow-*.whl)"
+# A valid wheel with other bytes (re-packed): it unpacks, so only its hash can give it away.
+python3 - "$WHEELHOUSE/wheels/$(basename "$victim")" "$victim.tmp" << 'PY'
+import sys, zipfile
+with zipfile.ZipFile(sys.argv[1]) as src, zipfile.ZipFile(sys.argv[2], "w", zipfile.ZIP_STORED) as dst:
+    for item in src.infolist():
+        dst.writestr(item.filename, src.read(item))
+PY
+rm "$victim" && mv "$victim.tmp" "$victim"
+clean "$B/AppRun" --headless --action install --folder "$T/swapped/IPAStudio" > "$T/swapped.log" 2>&1
+expect_incomplete "swapped wheel" "$T/swapped/IPAStudio" "$T/swapped.log" "checksum does not match" $?
+
 # --- full disks ----------------------------------------------------------------------------------
 if [ "$(id -u)" -eq 0 ]; then
     SMALL="$T/small-disk"

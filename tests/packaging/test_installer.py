@@ -193,6 +193,23 @@ def test_start_script_refuses_an_incomplete_install(setup, quick_verify) -> None
     assert done.returncode == 1 and "not completely installed" in done.stderr
 
 
+def test_uv_messages_seen_in_the_smoke_test_in_plain_words(tmp_path: Path) -> None:
+    # uv 0.13.9's own words, from packaging/linux/smoke_test.sh's broken bundles.
+    wheel = "pillow-13.0.0-cp311-cp311-manylinux_2_27_x86_64.manylinux_2_28_x86_64.whl"
+    truncated = (
+        f"error: Failed to install: {wheel}\n  Caused by: Failed to extract archive: {wheel}\n"
+        "  Caused by: I/O operation failed during extraction\n  Caused by: unexpected BufError\n"
+    )
+    words = explain_uv_failure(truncated, offline=True, folder=tmp_path)
+    assert words.startswith("The file for pillow 13.0.0 could not be unpacked (it is damaged")
+    missing = (
+        "  x No solution found when resolving dependencies:\n  `-> Because safetensors was not found in the "
+        "provided package locations and you require safetensors==0.8.0, we can conclude that your "
+        "requirements are unsatisfiable.\n"
+    )
+    assert "safetensors 0.8.0 is missing" in explain_uv_failure(missing, offline=True, folder=tmp_path)
+
+
 def test_uv_messages_in_plain_words(tmp_path: Path) -> None:
     network = (
         "error: Request failed after 3 retries\n  Caused by: dns error: failed to lookup address information"

@@ -100,7 +100,12 @@ MISSING_SYNC = re.compile(
     r"([A-Za-z0-9_.\-]+)==([^\s]+) (?:can't be installed because it )?(?:doesn't have|has no) .*wheel", re.I
 )
 HASH = re.compile(r"Hash mismatch for `([^`]+)`")
-BAD_ZIP = re.compile(r"Failed to (?:read|extract|unzip)[^\n]*?`?([A-Za-z0-9_.\-]+)==([^\s`]+)", re.I)
+# uv names the package either as `name==version` or by its wheel's file name.
+BAD_ZIP = re.compile(
+    r"Failed to (?:read|extract|unzip)[^\n]*?(?:`?([A-Za-z0-9_.\-]+)==([^\s`]+)|"
+    r"\b([A-Za-z0-9_.]+)-(\d[^-\s]*)-[^\s]*\.whl)",
+    re.I,
+)
 NETWORK = re.compile(
     r"dns error|failed to lookup address|Connection refused|timed out|error sending request", re.I
 )
@@ -124,14 +129,9 @@ def explain_uv_failure(output: str, *, offline: bool, folder: Path) -> str:
         )
     match = BAD_ZIP.search(output)
     if match:
-        return (
-            f"The file for {match.group(1)} {match.group(2)} could not be unpacked "
-            "(it is damaged or cut short). "
-            + (
-                "Copy the offline bundle again, then choose Repair."
-                if offline
-                else "Choose Repair to try again."
-            )
+        name, version = [g for g in match.groups() if g][:2]
+        return f"The file for {name} {version} could not be unpacked (it is damaged or cut short). " + (
+            "Copy the offline bundle again, then choose Repair." if offline else "Choose Repair to try again."
         )
     match = MISSING.search(output) or MISSING_SYNC.search(output)
     if match:
@@ -409,6 +409,8 @@ class Runner:
         ]  # fmt: skip
         if plan.action == "repair":
             command.append("--reinstall")
+        else:  # an updated app may keep its version number; its wheel is small, so always replace it
+            command += ["--reinstall-package", "ipa-studio"]
         code, out = self.run_process(
             command,
             env=uv_env,
