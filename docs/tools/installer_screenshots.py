@@ -87,8 +87,11 @@ def main(out: Path, wheelhouse_dir: Path) -> int:
     faked.close()
 
     w.go_next()  # Install: a real offline install starts
-    if not wait(app, lambda: w.bar.value() > 250, 600):
+    if not wait(app, lambda: w.bar.value() > 250 or w.pages.currentWidget() is w.done_page, 600):
         print("the install did not get going", file=sys.stderr)
+        return 1
+    if w.pages.currentWidget() is w.done_page:
+        print(f"the install failed: {w.done_text.text()}\n{w.log_view.toPlainText()[-3000:]}", file=sys.stderr)
         return 1
     shot(w, "4-progress.png")
     if not wait(app, lambda: w.pages.currentWidget() is w.done_page, 1200):

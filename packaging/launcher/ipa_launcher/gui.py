@@ -60,6 +60,15 @@ QPushButton#accent:hover { background: #5a9dfd; }
 QPushButton#accent:disabled { background: #3a3a40; color: #77777f; }
 QPushButton#danger { background: #8a2f38; border: none; color: white; font-weight: 600; }
 QRadioButton:disabled, QCheckBox:disabled { color: #77777f; }
+QCheckBox::indicator, QRadioButton::indicator {
+    width: 14px; height: 14px; border: 1px solid #8a8a92; background: #1c1c1e;
+}
+QRadioButton::indicator { border-radius: 8px; }
+QCheckBox::indicator { border-radius: 3px; }
+QCheckBox::indicator:checked, QRadioButton::indicator:checked { background: #3d8bfd; border-color: #9fc4ff; }
+QCheckBox::indicator:disabled, QRadioButton::indicator:disabled {
+    border-color: #4a4a52; background: #2a2a2e;
+}
 QProgressBar { background: #1c1c1e; border: none; border-radius: 5px; height: 12px; text-align: center; }
 QProgressBar::chunk { background: #3d8bfd; border-radius: 5px; }
 """
@@ -458,8 +467,11 @@ class InstallerWindow(QMainWindow):
         layout = QVBoxLayout(page)
         self.done_title = _label("", "pageTitle")
         self.done_text = _label("")
+        self.done_error = _label("", "error")
+        self.done_error.hide()
         layout.addWidget(self.done_title)
         layout.addWidget(self.done_text)
+        layout.addWidget(self.done_error)
         self.start_after = QCheckBox(f"Start {APP_NAME} now")
         self.start_after.setChecked(True)
         layout.addWidget(self.start_after)
@@ -639,13 +651,11 @@ class InstallerWindow(QMainWindow):
             )
         else:
             self.done_title.setText("The installation did not finish")
-            self.done_text.setText(message + "\n\nThe details are in the log below.")
-            self.done_text.setObjectName("error")
-            self.done_text.style().polish(self.done_text)
-            self.done_page.layout().addWidget(self.log_view)  # keep the log in view
-        if ok:
-            self.done_text.setObjectName("")
-            self.done_text.style().polish(self.done_text)
+            self.done_error.setText(message)
+            self.done_text.setText("The details are in the log below.")
+            self.done_page.layout().insertWidget(4, self.log_view, 1)  # keep the log in view
+        self.done_error.setVisible(not ok)
+        self.done_text.setVisible(True)
 
     def closeEvent(self, event) -> None:  # noqa: N802 (Qt's name)
         if self.thread is not None and self.thread.isRunning():

@@ -98,6 +98,8 @@ def launcher_home() -> Path:
 
 def find_wheelhouse(explicit: Path | None = None) -> Wheelhouse | None:
     """The offline bundle: the one asked for, else a ``wheelhouse`` folder beside the launcher."""
+    # Absolute: uv runs in the install folder, where a relative path would point elsewhere.
+    explicit = explicit.expanduser().absolute() if explicit else None
     candidates = (
         [explicit] if explicit else [launcher_home() / "wheelhouse", launcher_home().parent / "wheelhouse"]
     )
