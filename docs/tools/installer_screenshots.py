@@ -91,7 +91,8 @@ def main(out: Path, wheelhouse_dir: Path) -> int:
         print("the install did not get going", file=sys.stderr)
         return 1
     if w.pages.currentWidget() is w.done_page:
-        print(f"the install failed: {w.done_text.text()}\n{w.log_view.toPlainText()[-3000:]}", file=sys.stderr)
+        log = w.log_view.toPlainText()[-3000:]
+        print(f"the install failed: {w.done_error.text()}\n{log}", file=sys.stderr)
         return 1
     shot(w, "4-progress.png")
     if not wait(app, lambda: w.pages.currentWidget() is w.done_page, 1200):
