@@ -65,6 +65,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     app = QApplication.instance() or QApplication([sys.argv[0] if sys.argv else "ipa-studio", *qt_args])
     app.setApplicationName(APP_NAME)
     app.setOrganizationName(APP_NAME)
+    _set_icon(app)
     apply_theme(app)
 
     if args.self_test:
@@ -81,6 +82,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     _install_excepthook(window)
     window.show()
     return app.exec()
+
+
+def _set_icon(app: object) -> None:
+    """The app's icon on every window (title bar, task bar, Alt+Tab)."""
+    from importlib.resources import files
+
+    from PySide6.QtGui import QIcon
+
+    icon = files("ipa_studio") / "resources" / "icons" / "ipa-studio.png"
+    app.setWindowIcon(QIcon(str(icon)))  # type: ignore[attr-defined]
+    # Wayland and some X11 docks match the window to the installed .desktop file by this name.
+    app.setDesktopFileName("io.github.ipa_studio.IPAStudio")  # type: ignore[attr-defined]
 
 
 def _install_excepthook(window: object) -> None:

@@ -4,7 +4,7 @@ tab, offline, with the adapter not chosen yet).
 
 Run under a virtual display so fonts and styles render as on a desktop:
 
-    xvfb-run -s "-screen 0 1600x1000x24" python -m ipa_studio.gui.screenshot [docs]
+    PYTHONPATH=. xvfb-run -s "-screen 0 1600x1000x24" python3 docs/tools/screenshot.py [docs]
 
 The tiny models have random weights, so the pictures they make are coloured noise; the window
 around them is the real one.
@@ -23,6 +23,7 @@ from PIL import Image
 from PySide6.QtCore import QPoint, QRect
 from PySide6.QtGui import QPainter
 from PySide6.QtWidgets import QApplication, QComboBox
+from shots import save_quantized, save_window
 
 from ipa_studio.core.models.tiny import make_reference_image
 from ipa_studio.gui.main_window import MainWindow
@@ -30,13 +31,6 @@ from ipa_studio.gui.panels.references import file_urls_mime
 from ipa_studio.gui.qimage import qimage_to_pil
 from ipa_studio.gui.selftest import build_demo_models, demo_settings, engine_started, wait_until
 from ipa_studio.gui.style import apply_theme
-
-
-def _save(window: MainWindow, path: Path) -> None:
-    # 256 colours without dithering: the UI looks the same and the noise pictures of the tiny
-    # models shrink from ~0.9 MB to ~0.4 MB in the repository.
-    image = qimage_to_pil(window.grab().toImage()).convert("RGB")
-    image.quantize(256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE).save(path, optimize=True)
 
 
 def _header_only(path: Path, shapes: dict[str, tuple[int, ...]]) -> Path:
@@ -117,7 +111,7 @@ def _save_picker(window: MainWindow, path: Path) -> None:
     image = Image.new("RGB", (width, height), (35, 35, 38))  # the control column's colour
     image.paste(shots[0], (0, 0))
     image.paste(shots[1], (shots[0].width + gap, 0))
-    image.quantize(256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE).save(path, optimize=True)
+    save_quantized(image, path)
 
 
 def main(docs: Path) -> int:
@@ -168,7 +162,7 @@ def main(docs: Path) -> int:
         window.banner.hide()
         wait_until(lambda: False, 0.5)  # let the last repaints land
         docs.mkdir(parents=True, exist_ok=True)
-        _save(window, docs / "window.png")
+        save_window(window, docs / "window.png")
         _save_picker(window, docs / "picker.png")
 
         window.setup.set_path("adapter", "")
@@ -176,18 +170,18 @@ def main(docs: Path) -> int:
         window.tabs.setCurrentIndex(1)
         wait_until(lambda: window.setup.online is not None, 30)
         wait_until(lambda: False, 0.3)
-        _save(window, docs / "models.png")
+        save_window(window, docs / "models.png")
         print(f"saved window.png, picker.png and models.png in {docs}")
         window.close()
-    from ipa_studio.gui.control_demo import save_control_screenshot
+    from control_demo import save_control_screenshot
 
     return save_control_screenshot(docs)  # docs/control.png, in a window of its own
 
 
 if __name__ == "__main__":
-    # docs/canvas.png alone: python -m ipa_studio.gui.screenshot canvas [docs]
+    # docs/canvas.png alone: python3 docs/tools/screenshot.py canvas [docs]
     if sys.argv[1:2] == ["canvas"]:
-        from ipa_studio.gui.canvas.demo import save_canvas_screenshot
+        from canvas_demo import save_canvas_screenshot
 
         sys.exit(save_canvas_screenshot(Path(sys.argv[2]) if len(sys.argv) > 2 else Path("docs")))
     sys.exit(main(Path(sys.argv[1]) if len(sys.argv) > 1 else Path("docs")))

@@ -1,7 +1,7 @@
 """docs/canvas.png: the real window's Canvas with a start picture and a mask painted by mouse strokes,
 after one inpainting job (the built-in tiny models, so the repainted area is coloured noise).
 
-    xvfb-run -s "-screen 0 1600x1000x24" python -m ipa_studio.gui.screenshot canvas [docs]
+    PYTHONPATH=. xvfb-run -s "-screen 0 1600x1000x24" python3 docs/tools/screenshot.py canvas [docs]
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from pathlib import Path
 from PySide6.QtCore import QPointF, Qt
 from PySide6.QtTest import QTest
 from PySide6.QtWidgets import QApplication
+from shots import save_window
 
 from ipa_studio.core.models.tiny import make_reference_image
 from ipa_studio.gui.canvas.view import MaskCanvas
@@ -33,7 +34,6 @@ def _stroke(canvas: MaskCanvas, points: list[tuple[float, float]]) -> None:
 def save_canvas_screenshot(docs: Path) -> int:
     from ipa_studio.gui.main_window import MainWindow
     from ipa_studio.gui.panels.references import file_urls_mime
-    from ipa_studio.gui.screenshot import _save
     from ipa_studio.gui.selftest import build_demo_models, demo_settings, engine_started, wait_until
     from ipa_studio.gui.style import apply_theme
 
@@ -88,7 +88,7 @@ def save_canvas_screenshot(docs: Path) -> int:
         window.banner.hide()
         wait_until(lambda: False, 0.5)  # let the last repaints land
         docs.mkdir(parents=True, exist_ok=True)
-        _save(window, docs / "canvas.png")
+        save_window(window, docs / "canvas.png")
         print(f"saved {docs / 'canvas.png'}")
         window.close()
     return 0

@@ -1,8 +1,8 @@
 """docs/control.png: the Create tab with a pose control and a depth control, each map beside its photo.
 
-    xvfb-run -s "-screen 0 1600x1000x24" python -m ipa_studio.gui.control_demo [docs]
+    PYTHONPATH=. xvfb-run -s "-screen 0 1600x1000x24" python3 docs/tools/control_demo.py [docs]
 
-(``python -m ipa_studio.gui.screenshot`` makes it too, after the other pictures.)
+(``docs/tools/screenshot.py`` makes it too, after the other pictures.)
 
 No annotator weights are needed: ``DemoPreprocessors`` stands in for the preprocessor service and
 draws the maps of the demo photo from the figure it painted (its keypoints and its outline), the way
@@ -20,6 +20,7 @@ from typing import Any
 
 from PIL import Image, ImageDraw, ImageFilter
 from PySide6.QtWidgets import QApplication, QScrollArea
+from shots import save_window
 
 from ipa_studio.gui.main_window import MainWindow
 
@@ -134,7 +135,6 @@ class DemoPreprocessors:
 
 def save_control_screenshot(docs: Path) -> int:
     from ipa_studio.core.models.tiny import build_controlnet_folder
-    from ipa_studio.gui.screenshot import _save
     from ipa_studio.gui.selftest import build_demo_models, demo_settings, engine_started, wait_until
     from ipa_studio.gui.style import apply_theme
 
@@ -193,7 +193,7 @@ def save_control_screenshot(docs: Path) -> int:
             scroll.verticalScrollBar().setValue(panel.y() - 10)
         wait_until(lambda: False, 0.5)  # let the last repaints land
         docs.mkdir(parents=True, exist_ok=True)
-        _save(window, docs / "control.png")
+        save_window(window, docs / "control.png")
         print(f"saved {docs / 'control.png'}")
         window.close()
     return 0
