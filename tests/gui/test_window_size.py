@@ -73,8 +73,9 @@ def test_the_window_fits_a_laptop_screen_in_every_state(
     window.send_to_canvas(window.gallery.current_path())
     look("Canvas after Send to canvas")
     window.canvas.set_init(start)
-    qtbot.waitUntil(lambda: LONG_NAME in window.canvas.info.text(), timeout=10_000)
+    qtbot.waitUntil(lambda: window.canvas.info.toolTip() == str(start), timeout=10_000)
     look("Canvas with a long file name")
+    assert "96 × 64" in window.canvas.info.shown_text()  # the size stays in sight, the name is shortened
     window.init_panel.mode_buttons["inpaint"].click()
     window.init_panel.only_masked.click()
     look("Inpaint options on show")

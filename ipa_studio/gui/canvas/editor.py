@@ -260,9 +260,13 @@ class CanvasEditor(QWidget):
             self.info.setText(KEYS_HINT)
             return
         tool = "Eraser" if self.canvas.brush.eraser else "Brush"
-        self.info.setText(
-            f"{Path(self._shown).name} · {self.layer.width} × {self.layer.height} · "
-            f"{self.canvas.zoom() * 100:.0f} % · {tool} {self.canvas.brush.size:.0f} px   —   {KEYS_HINT}"
+        # A long file name is shortened in its middle, so the size, zoom and brush stay in sight;
+        # the key hint at the end is what goes first when the line is short of room.
+        name = self.info.fontMetrics().elidedText(Path(self._shown).name, Qt.TextElideMode.ElideMiddle, 260)
+        self.info.set_full_text(
+            f"{name} · {self.layer.width} × {self.layer.height} · "
+            f"{self.canvas.zoom() * 100:.0f} % · {tool} {self.canvas.brush.size:.0f} px   —   {KEYS_HINT}",
+            self._shown,
         )
 
     def _show_mode(self) -> None:
