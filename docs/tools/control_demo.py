@@ -1,4 +1,5 @@
-"""docs/control.png: the Create tab with a pose control and a depth control, each map beside its photo.
+"""docs/control.png: the Create tab with a pose control and a depth control, each map beside its photo;
+docs/create.png: the same window scrolled to the top (the model, two reference images, the result).
 
     PYTHONPATH=. xvfb-run -s "-screen 0 1600x1000x24" python3 docs/tools/control_demo.py [docs]
 
@@ -134,7 +135,8 @@ class DemoPreprocessors:
 
 
 def save_control_screenshot(docs: Path) -> int:
-    from ipa_studio.core.models.tiny import build_controlnet_folder
+    from ipa_studio.core.models.tiny import build_controlnet_folder, make_reference_image
+    from ipa_studio.gui.panels.references import file_urls_mime
     from ipa_studio.gui.selftest import build_demo_models, demo_settings, engine_started, wait_until
     from ipa_studio.gui.style import apply_theme
 
@@ -164,11 +166,15 @@ def save_control_screenshot(docs: Path) -> int:
         window = MainWindow(settings, None, check_network=False)
         panel = window.control
         panel.worker.service_factory = DemoPreprocessors
-        window.resize(1500, 940)
+        window.resize(1366, 768)  # a laptop screen: what most people see
         window.show()
         if not wait_until(lambda: engine_started(window), 120):
             print("the engine did not start", file=sys.stderr)
             return 1
+        refs = [folder / "reference-a.jpg", folder / "reference-b.jpg"]
+        for seed, ref in zip((3, 9), refs, strict=True):
+            make_reference_image(seed, size=(512, 640)).save(ref, quality=92)
+        window.references.add_from_mime(file_urls_mime(refs))
         first, second = panel.add_control(photo), panel.add_control(photo)
         panel.set_model(first, pose_net)
         panel.set_model(second, depth_net)
@@ -176,6 +182,8 @@ def save_control_screenshot(docs: Path) -> int:
         if not wait_until(lambda: all(c.has_map() and not c.checking for c in cards), 60):
             print(f"the maps were not made: {[c.status.text() for c in cards]}", file=sys.stderr)
             return 1
+        wait_until(lambda: all(c.has_crop() for c in window.references.cards.values()), 60)
+        list(window.references.cards.values())[1].spin.setValue(0.6)
         cards[1].strength_spin.setValue(0.6)
         cards[1].end.setValue(80)
         ended: list[str] = []
@@ -185,6 +193,9 @@ def save_control_screenshot(docs: Path) -> int:
             print(f"generation failed: {ended} {window.banner.text()}", file=sys.stderr)
             return 1
         window.banner.hide()
+        docs.mkdir(parents=True, exist_ok=True)
+        wait_until(lambda: False, 0.5)
+        save_window(window, docs / "create.png")  # the top of the column: model, two references; the result
         cards[0].map_box.clicked.emit()  # the pose map, large
         scroll = panel.parentWidget()
         while scroll is not None and not isinstance(scroll, QScrollArea):
@@ -192,9 +203,8 @@ def save_control_screenshot(docs: Path) -> int:
         if scroll is not None:
             scroll.verticalScrollBar().setValue(panel.y() - 10)
         wait_until(lambda: False, 0.5)  # let the last repaints land
-        docs.mkdir(parents=True, exist_ok=True)
         save_window(window, docs / "control.png")
-        print(f"saved {docs / 'control.png'}")
+        print(f"saved {docs / 'create.png'} and {docs / 'control.png'}")
         window.close()
     return 0
 

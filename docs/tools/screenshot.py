@@ -141,7 +141,7 @@ def main(docs: Path) -> int:
             seed_locked=False,
         )
         window = MainWindow(settings, None, check_network=False)
-        window.resize(1500, 940)
+        window.resize(1366, 768)  # a laptop screen: what most people see
         window.show()
         if not wait_until(
             lambda: engine_started(window) and len(window.picker.snapshot.entries) >= 6,

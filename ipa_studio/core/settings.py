@@ -34,6 +34,7 @@ __all__ = [
     "SETTINGS_VERSION",
     "LastValues",
     "ModelPaths",
+    "ReferenceValue",
     "Settings",
     "WindowLayout",
     "default_models_dir",
@@ -61,6 +62,14 @@ class ModelPaths:
 
 
 @dataclass
+class ReferenceValue:
+    """A reference image of the panel: its file and its weight."""
+
+    path: str = ""
+    weight: float = 1.0
+
+
+@dataclass
 class LastValues:
     """What the panels showed when the app was last closed, so people continue where they stopped."""
 
@@ -75,6 +84,7 @@ class LastValues:
     height: int = 512
     scheduler: str = "ddim"
     num_images: int = 1
+    references: list[ReferenceValue] = field(default_factory=list, metadata={"items": ReferenceValue})
 
 
 @dataclass
@@ -97,6 +107,8 @@ class Settings:
     annotators_dir: str = ""
     """Where the pose/depth preprocessor weights are; empty = ``annotators`` in the models folder."""
     device: str = "auto"
+    dialog_folders: dict[str, str] = field(default_factory=dict)
+    """The folder each kind of file dialog showed last ("reference", "mask", "model file" …)."""
     last: LastValues = field(default_factory=LastValues)
     window: WindowLayout = field(default_factory=WindowLayout)
 
@@ -188,6 +200,9 @@ def _from_dict(cls: type, data: dict[str, Any]) -> Any:
         if f.name not in data:
             continue
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        if "items" in f.metadata:
+            kwargs[f.name] = _checked_list(cls, f.name, f.metadata["items"], data[f.name])
+            continue
         value = _checked(default, data[f.name])
         if value is _WRONG:
             log.warning(
@@ -199,6 +214,18 @@ def _from_dict(cls: type, data: dict[str, Any]) -> Any:
 
 
 _WRONG = object()
+
+
+def _checked_list(owner: type, name: str, item_cls: type, value: Any) -> list[Any]:
+    """A list of ``item_cls`` dataclasses; entries that are not objects are dropped (and logged)."""
+    if not isinstance(value, list):
+        log.warning("setting %s.%s is not a list (%r); using the default", owner.__name__, name, value)
+        return []
+    items = [_from_dict(item_cls, v) for v in value if isinstance(v, dict)]
+    if len(items) != len(value):
+        dropped = len(value) - len(items)
+        log.warning("setting %s.%s: %d entries were not objects", owner.__name__, name, dropped)
+    return items
 
 
 def _checked(default: Any, value: Any) -> Any:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from PySide6.QtCore import QByteArray, Qt, QTimer, QUrl, Signal
+from PySide6.QtCore import QByteArray, QFile, QPoint, QRect, Qt, QTimer, QUrl, Signal
 from PySide6.QtGui import (
     QCloseEvent,
     QDesktopServices,
@@ -19,15 +19,15 @@ from PySide6.QtGui import (
     QGuiApplication,
     QImage,
     QKeySequence,
+    QResizeEvent,
     QShortcut,
+    QShowEvent,
 )
 from PySide6.QtWidgets import (
-    QFrame,
-    QHBoxLayout,
     QLabel,
     QMainWindow,
+    QMessageBox,
     QPushButton,
-    QScrollArea,
     QSplitter,
     QTabWidget,
     QToolButton,
@@ -41,6 +41,7 @@ from ipa_studio.core.images import read_png_metadata
 from ipa_studio.core.metadata import JSON_KEY, request_from_metadata
 from ipa_studio.core.request import GenerationRequest, ModelSpec
 from ipa_studio.core.settings import Settings, save_settings
+from ipa_studio.gui import dialogs
 from ipa_studio.gui.canvas.editor import CanvasEditor
 from ipa_studio.gui.foreign_settings import apply_foreign_settings
 from ipa_studio.gui.library import LibraryWorker, library_root
@@ -58,12 +59,20 @@ from ipa_studio.gui.panels.settings import SettingsPanel
 from ipa_studio.gui.panels.setup import SetupPanel
 from ipa_studio.gui.state import ViewState
 from ipa_studio.gui.widgets.banner import Banner
+from ipa_studio.gui.widgets.column import ColumnScrollArea
+from ipa_studio.gui.widgets.elided import ElidedLabel
+from ipa_studio.gui.widgets.flow import FlowLayout
+from ipa_studio.gui.widgets.focus import set_reading_tab_order
 from ipa_studio.gui.widgets.image_view import ImageView
 from ipa_studio.gui.worker import EngineFactory, GenerationWorker, SavedImage, default_engine_factory
 
 log = logging.getLogger("ipa_studio.gui")
 
 CREATE_TAB, MODELS_TAB = 0, 1
+DEFAULT_SIZE = (1400, 900)
+BANNER_MAX_WIDTH = 760
+EMPTY_TEXT = "Your pictures appear here.\n\nAdd a reference image on the left, then press Generate."
+READY_TEXT = "Your pictures appear here.\n\nPress Generate (Ctrl+Enter) to make one."
 
 
 def _memory_text() -> str:
@@ -112,6 +121,10 @@ class MainWindow(QMainWindow):
         self._full_images: dict[str, QImage] = {}  # recent results, so viewing them does not re-read disk
         self._closed = False
         self._models_loading = False
+        self._refusal = ""  # the last "cannot generate yet" message, taken down once it is fixed
+        self._before_job: Path | None = None  # the picture shown before a job's live preview
+        self._shown_once = False
+        dialogs.bind(settings.dialog_folders)
 
         self._build()
         self._connect()
@@ -119,13 +132,19 @@ class MainWindow(QMainWindow):
         self.setAcceptDrops(True)
         self.view.setAcceptDrops(False)
         self.view.viewport().setAcceptDrops(False)
+        self._show_placeholder()
         self._restore_layout()
         self.worker.start()
         self._preload()
         self.gallery.load_history(self.outputs_dir)
+        notes = []
+        if self.state.repairs:
+            notes.append(self.state.repairs_text())
         if self.setup.missing():
             self.tabs.setCurrentIndex(MODELS_TAB)
-            self.show_note("Some models are missing: the Models tab shows which, and how to get them.")
+            notes.append("Some models are missing: the Models tab shows which, and how to get them.")
+        if notes:
+            self.show_note(" ".join(notes))
         if check_network:
             self.setup.check_network()
         self._memory_timer = QTimer(self)
@@ -141,18 +160,14 @@ class MainWindow(QMainWindow):
     def _build(self) -> None:
         self.tabs = QTabWidget()
         self.tabs.setDocumentMode(True)
-        # Messages sit above the tabs, so one shown while switching tabs is still seen.
-        self.banner = Banner()
         central = QWidget()
         central_layout = QVBoxLayout(central)
         central_layout.setContentsMargins(0, 0, 0, 0)
         central_layout.setSpacing(0)
-        banner_box = QVBoxLayout()
-        banner_box.setContentsMargins(10, 8, 10, 0)
-        banner_box.addWidget(self.banner)
-        central_layout.addLayout(banner_box)
         central_layout.addWidget(self.tabs, 1)
         self.setCentralWidget(central)
+        # Messages float over the picture area (see Banner): showing one moves nothing.
+        self.banner = Banner(central)
 
         # --- Create tab: controls | picture over history
         self.references = ReferencesPanel(self.state, self.loader, lambda: self.outputs_dir / "references")
@@ -180,11 +195,7 @@ class MainWindow(QMainWindow):
             col.addWidget(panel)
         col.insertWidget(col.indexOf(self.references), self.init_panel)  # the mode comes first
         col.addStretch(1)
-        scroll = QScrollArea()
-        scroll.setWidgetResizable(True)
-        scroll.setFrameShape(QFrame.Shape.NoFrame)
-        scroll.setWidget(column)
-        scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        self.column_scroll = scroll = ColumnScrollArea(column)
         self.generate_panel = GeneratePanel()
         left = QWidget()
         left.setObjectName("leftPane")
@@ -193,12 +204,9 @@ class MainWindow(QMainWindow):
         left_layout.setSpacing(0)
         left_layout.addWidget(scroll, 1)
         left_layout.addWidget(self.generate_panel)
-        left.setMinimumWidth(380)
 
-        self.view = ImageView(
-            "Your pictures appear here.\n\nAdd a reference image on the left, then press Generate."
-        )
-        self.caption = QLabel()
+        self.view = ImageView(EMPTY_TEXT)
+        self.caption = ElidedLabel()
         self.caption.setObjectName("caption")
         toolbar = self._view_toolbar()
         self.gallery = GalleryPanel(self.loader)
@@ -217,6 +225,7 @@ class MainWindow(QMainWindow):
         result_layout.setSpacing(8)
         result_layout.addLayout(toolbar)
         result_layout.addWidget(self.view, 1)
+        result_layout.addWidget(self.caption)
         self.canvas = CanvasEditor(self.state, self.loader, lambda: self.outputs_dir / "references")
         self.view_tabs = QTabWidget()
         self.view_tabs.setDocumentMode(True)
@@ -258,9 +267,8 @@ class MainWindow(QMainWindow):
         self.statusBar().addPermanentWidget(self.outputs_button)
         self._show_outputs_dir()
 
-    def _view_toolbar(self) -> QHBoxLayout:
-        bar = QHBoxLayout()
-        bar.setSpacing(4)
+    def _view_toolbar(self) -> FlowLayout:
+        bar = FlowLayout()  # wraps in a narrow window instead of widening it
 
         def tool(text: str, tip: str, slot: object) -> QToolButton:
             button = QToolButton()
@@ -274,8 +282,7 @@ class MainWindow(QMainWindow):
         tool("1:1", "Show the picture at its real size", lambda: self.view.actual_size())
         tool("−", "Zoom out (mouse wheel)", lambda: self.view.zoom_by(0.8))
         tool("+", "Zoom in (mouse wheel)", lambda: self.view.zoom_by(1.25))
-        bar.addSpacing(12)
-        bar.addWidget(self.caption, 1)
+        bar.addSpacing(16)
         self.reuse_button = tool(
             "Reuse settings",
             "Put this picture's prompt, references and settings (seed included) back into the panels",
@@ -336,14 +343,32 @@ class MainWindow(QMainWindow):
         self.gallery.reuse_requested.connect(self.reuse_settings)
         self.gallery.reference_requested.connect(self.use_as_reference)
         self.gallery.copy_requested.connect(self.copy_image)
+        self.gallery.delete_requested.connect(self.delete_picture)
         self.gallery.open_folder_requested.connect(self.open_outputs_folder)
         self.gallery.itemDoubleClicked.connect(lambda _item: self.view.actual_size())
 
+        self.banner.placement_changed.connect(self._place_banner)
+        self.tabs.currentChanged.connect(lambda _i: self._place_banner())
+        self.view_tabs.currentChanged.connect(self._on_view_tab)
+        self.splitter.splitterMoved.connect(lambda _pos, _i: self._place_banner())
+
         self.state.changed.connect(self._on_state_changed)
+        self.state.control_changed.connect(lambda _uid: self._take_down_fixed_refusal())
         self.setup.outputs_changed.connect(self._on_outputs_changed)
         self.setup.models_dir_changed.connect(self._on_models_dir_changed)
         self.setup.checked.connect(self._show_models_tab_state)
         self.picker.message.connect(lambda text, kind: self.banner.show_message(text, kind))
+        self._order_tabs()
+
+    def _order_tabs(self) -> None:
+        """Tab follows the panels top to bottom (cards added later included)."""
+        set_reading_tab_order(self)
+
+    def _on_view_tab(self, _index: int) -> None:
+        if self.view_tabs.currentWidget() is self.canvas:
+            # Its keys ([ ] brush size, X, Ctrl+Z) work at once, without a click that would paint.
+            self.canvas.canvas.setFocus(Qt.FocusReason.OtherFocusReason)
+        self._place_banner()
 
     # ------------------------------------------------------------------ models
     def _show_models_tab_state(self) -> None:
@@ -369,6 +394,8 @@ class MainWindow(QMainWindow):
         self.picker.set_loading(False, error)
         if error:
             self.show_error(error)
+        else:
+            self._take_down_fixed_refusal()
         self.models_ready.emit(error)
 
     @property
@@ -381,6 +408,29 @@ class MainWindow(QMainWindow):
             self._show_models_tab_state()
             self.save_settings()
             self._preload()
+        if name in ("references", "controls", "mode"):
+            self._order_tabs()  # the panels have rebuilt their cards by now (connected first)
+        if name in ("references", "prompt"):
+            self._show_placeholder()
+        self._take_down_fixed_refusal()
+
+    def _take_down_fixed_refusal(self) -> None:
+        """A "cannot generate yet" message goes away once its cause is gone (the models became
+        ready, a reference was added …): a red strip that no longer applies misleads."""
+        if not self._refusal or self.banner.text() != self._refusal:
+            self._refusal = ""
+            return
+        try:
+            self.state.build_request()
+        except IPAStudioError as exc:
+            if str(exc) == self._refusal:
+                return
+        self._refusal = ""
+        self.banner.hide()
+
+    def _show_placeholder(self) -> None:
+        ready = bool(self.state.references or self.state.prompt.strip())
+        self.view.set_placeholder(READY_TEXT if ready else EMPTY_TEXT)
 
     # ------------------------------------------------------------------ generating
     def generate(self) -> int | None:
@@ -393,6 +443,7 @@ class MainWindow(QMainWindow):
             request = self.state.next_request()
         except IPAStudioError as exc:
             self.show_error(str(exc))
+            self._refusal = str(exc)
             missing = set(self.setup.missing())
             if "base" in missing or (self.state.references and missing & {"adapter", "image_encoder"}):
                 self.tabs.setCurrentIndex(MODELS_TAB)  # the message points there; take people there
@@ -414,6 +465,8 @@ class MainWindow(QMainWindow):
 
     def _on_started(self, job_id: int) -> None:
         self._running = job_id
+        if not self._live:
+            self._before_job = self.gallery.current_path()
         self._live = True
         self.gallery.blockSignals(True)
         self.gallery.clearSelection()
@@ -455,17 +508,29 @@ class MainWindow(QMainWindow):
     def _on_failed(self, job_id: int, message: str) -> None:
         self._job_over(job_id)
         self.show_error(message)
-        self._idle_text("The last generation failed; see the message above.")
+        self._back_from_live()
+        self._idle_text("The last generation failed; see the message over the picture.")
         self.generation_ended.emit("failed")
 
     def _on_cancelled(self, job_id: int) -> None:
         self._job_over(job_id)
-        if self._live:
-            self.view.set_image(None)
-            self.caption.setText("")
-            self._live = False
+        self._back_from_live()
         self._idle_text("Cancelled. Nothing was saved.")
         self.generation_ended.emit("cancelled")
+
+    def _back_from_live(self) -> None:
+        """After a job that made nothing, show again the picture that was shown before it (with its
+        Reuse / Send / Copy buttons), rather than a half-done preview or an empty view."""
+        if not self._live or self._jobs:
+            return  # someone chose another picture meanwhile, or the next job's preview follows
+        self._live = False
+        row = self.gallery.row_of(self._before_job) if self._before_job is not None else -1
+        if row >= 0:
+            self.gallery.setCurrentRow(row)
+        else:
+            self.view.set_image(None)
+            self.caption.setText("")
+            self._set_image_actions(False)
 
     def _job_over(self, job_id: int) -> None:
         self._jobs.pop(job_id, None)
@@ -513,8 +578,10 @@ class MainWindow(QMainWindow):
         if notes:
             self.show_note(" ".join(notes))
         else:
+            keep = "" if self.state.seed_locked else " (later ones get new seeds unless you tick Keep)"
             self.show_note(
-                f"Settings of {Path(path).name} restored; the seed is kept, so Generate makes it again."
+                f"Settings of {Path(path).name} restored: the next Generate uses its seed and makes it "
+                f"again{keep}."
             )
         return True
 
@@ -581,6 +648,40 @@ class MainWindow(QMainWindow):
     def show_canvas(self) -> None:
         self.tabs.setCurrentIndex(CREATE_TAB)
         self.view_tabs.setCurrentWidget(self.canvas)
+        self.canvas.canvas.setFocus(Qt.FocusReason.OtherFocusReason)
+
+    def delete_picture(self, path: Path | None) -> bool:
+        """Move a picture of the history to the trash (or, where there is none, delete it after
+        asking). Its settings go with it; the reference copies stay, other pictures may use them."""
+        if path is None:
+            return False
+        path = Path(path)
+        done = "was moved to the trash"
+        if path.exists() and not QFile.moveToTrash(str(path)):
+            done = "was deleted"
+            answer = QMessageBox.question(
+                self,
+                "Delete the picture?",
+                f"{path.name} cannot be moved to the trash here. Delete it for good?",
+                QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.Cancel,
+                QMessageBox.StandardButton.Cancel,
+            )
+            if answer != QMessageBox.StandardButton.Yes:
+                return False
+            try:
+                path.unlink()
+            except OSError as exc:
+                self.show_error(f"{path.name} could not be deleted: {exc.strerror or exc}.")
+                return False
+        self._full_images.pop(str(path), None)
+        was_shown = self.gallery.current_path() == path
+        self.gallery.remove_path(path)
+        if was_shown and self.gallery.count() == 0:
+            self.view.set_image(None)
+            self.caption.setText("")
+            self._set_image_actions(False)
+        self.statusBar().showMessage(f"{path.name} {done}.", 5000)
+        return True
 
     def use_as_reference(self, path: Path | None) -> None:
         if path is not None:
@@ -611,6 +712,40 @@ class MainWindow(QMainWindow):
     def show_note(self, text: str) -> None:
         self.banner.show_message(text, "note")
 
+    def _banner_host(self) -> QWidget:
+        """What the message floats over: the picture (never the buttons around it) on the Create
+        tab, the top of the page on the others."""
+        if self.tabs.currentIndex() == CREATE_TAB:
+            return self.view if self.view_tabs.currentWidget() is self.result_page else self.canvas.canvas
+        page = self.tabs.currentWidget()
+        return page.viewport() if hasattr(page, "viewport") else page
+
+    def _place_banner(self) -> None:
+        if self.banner.isHidden():
+            return
+        host = self._banner_host()
+        central = self.centralWidget()
+        if not host.isVisible():
+            host = central
+        top_left = host.mapTo(central, QPoint(0, 0))
+        width = max(min(host.width() - 24, BANNER_MAX_WIDTH), 120)
+        height = self.banner.heightForWidth(width)
+        if height <= 0:
+            height = self.banner.sizeHint().height()
+        x = top_left.x() + max((host.width() - width) // 2, 0)
+        self.banner.setGeometry(QRect(x, top_left.y() + 12, width, height))
+        self.banner.raise_()
+
+    def showEvent(self, event: QShowEvent) -> None:  # noqa: N802 - Qt override
+        super().showEvent(event)
+        if not self._shown_once:
+            self._shown_once = True
+            self._fit_to_screen()  # now that the window frame's size is known
+
+    def resizeEvent(self, event: QResizeEvent) -> None:  # noqa: N802 - Qt override
+        super().resizeEvent(event)
+        QTimer.singleShot(0, self, self._place_banner)  # after the layouts have placed the picture
+
     def _on_engine_ready(self, description: str) -> None:
         self.device_label.setText(description)
 
@@ -638,11 +773,29 @@ class MainWindow(QMainWindow):
         if layout.geometry:
             self.restoreGeometry(QByteArray.fromBase64(layout.geometry.encode()))
         else:
-            self.resize(1400, 900)
+            self.resize(*DEFAULT_SIZE)
+        self._fit_to_screen()
         if layout.state:
             self.restoreState(QByteArray.fromBase64(layout.state.encode()))
         if "main" in layout.splitters:
             self.splitter.restoreState(QByteArray.fromBase64(layout.splitters["main"].encode()))
+
+    def _fit_to_screen(self) -> None:
+        """Never larger than the screen it opens on (a size saved on a large monitor, the default
+        size on a laptop), and not placed off it."""
+        screen = self.screen() or QGuiApplication.primaryScreen()
+        if screen is None:
+            return
+        area = screen.availableGeometry()
+        frame = self.frameGeometry().size() - self.geometry().size()
+        width = min(self.width(), area.width() - frame.width())
+        height = min(self.height(), area.height() - frame.height())
+        if (width, height) != (self.width(), self.height()):
+            self.resize(max(width, 1), max(height, 1))
+        if self.isVisible() or self.settings.window.geometry:
+            x = min(max(self.x(), area.left()), area.right() - self.frameGeometry().width() + 1)
+            y = min(max(self.y(), area.top()), area.bottom() - self.frameGeometry().height() + 1)
+            self.move(max(x, area.left()), max(y, area.top()))
 
     def _store_layout(self) -> None:
         layout = self.settings.window
@@ -676,6 +829,28 @@ class MainWindow(QMainWindow):
         self.library.stop()
         self.loader.wait()
 
+    def confirm_close(self) -> bool:
+        """While pictures are being made, ask before closing: closing cancels them unsaved."""
+        if not self._jobs or self._closed:
+            return True
+        queued = len(self._jobs) - 1
+        more = f" and {queued} more queued" if queued else ""
+        box = QMessageBox(
+            QMessageBox.Icon.Question,
+            "Close IPA Studio?",
+            f"A picture is being made{more}. Closing now cancels "
+            f"{'them' if queued else 'it'}; nothing of {'them' if queued else 'it'} is saved.",
+            parent=self,
+        )
+        close = box.addButton("Close and cancel", QMessageBox.ButtonRole.DestructiveRole)
+        box.addButton("Keep working", QMessageBox.ButtonRole.RejectRole)
+        box.setDefaultButton(box.buttons()[-1])
+        box.exec()
+        return box.clickedButton() is close
+
     def closeEvent(self, event: QCloseEvent) -> None:  # noqa: N802 - Qt override
+        if not self.confirm_close():
+            event.ignore()
+            return
         self.shutdown()
         super().closeEvent(event)

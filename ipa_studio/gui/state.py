@@ -27,12 +27,39 @@ from ipa_studio.core.request import (
     ModelSpec,
     Reference,
 )
-from ipa_studio.core.settings import LastValues, ModelPaths
+from ipa_studio.core.settings import LastValues, ModelPaths, ReferenceValue
 
 MAX_SEED = 2**32 - 1
 """Seeds drawn by the app stay below 2**32 (what the command line draws too); larger ones from
 elsewhere are still accepted up to 2**53, the largest whole number a spin box holds exactly."""
 SEED_LIMIT = 2**53 - 1
+
+LIMITS: dict[str, tuple[float, float]] = {
+    # The window's own ranges: the widgets are built with them and values from the settings file
+    # or a reused picture are brought inside them, so a box never holds what it cannot show.
+    "scale": (0.0, 1.0),
+    "steps": (1, 150),
+    "guidance": (0.0, 30.0),
+    "seed": (0, SEED_LIMIT),
+    "width": (64, 2048),
+    "height": (64, 2048),
+    "num_images": (1, 8),
+    "strength": (0.01, 1.0),
+    "mask_padding": (0, 512),
+    "mask_blur": (0, 64),
+    "weight": (0.0, 2.0),
+    "control_scale": (0.0, 2.0),
+    "control_resolution": (64, 2048),
+}
+SETTING_NAMES = {
+    "scale": "λ",
+    "steps": "steps",
+    "guidance": "guidance",
+    "seed": "seed",
+    "width": "width",
+    "height": "height",
+    "num_images": "number of pictures",
+}
 
 PRESETS: dict[str, tuple[float, bool]] = {
     # name: (λ, clear the prompt). Image-only is the paper's recipe: λ = 1 with an empty prompt.
@@ -115,20 +142,24 @@ class ViewState(QObject):
     def __init__(self, last: LastValues | None = None, models: ModelPaths | None = None) -> None:
         super().__init__()
         last = last or LastValues()
+        self.repairs: list[str] = []
+        """What was wrong with the remembered values and what was done instead, for people."""
         self.prompt = last.prompt
         self.negative_prompt = last.negative_prompt
-        self.scale: float = _clamp(last.scale, 0.0, 1.0)
+        self.scale: float = self._repaired("scale", last.scale)
         # λ per UNet block, only when reused from an image made that way (the command line can);
         # the window shows it and any move of the slider replaces it with one number.
         self.scale_blocks: dict[str, float] | None = None
-        self.steps = max(1, last.steps)
-        self.guidance = last.guidance
-        self.seed = int(_clamp(last.seed, 0, SEED_LIMIT))
+        self.steps = int(self._repaired("steps", last.steps))
+        self.guidance = self._repaired("guidance", last.guidance)
+        self.seed = int(self._repaired("seed", last.seed))
         self.seed_locked = last.seed_locked
-        self.width = last.width
-        self.height = last.height
+        # A seed typed or reused is used by the next generation even when it is not kept.
+        self._seed_once = False
+        self.width = _multiple_of_8(self._repaired("width", last.width))
+        self.height = _multiple_of_8(self._repaired("height", last.height))
         self.scheduler = last.scheduler if last.scheduler in SCHEDULERS else "ddim"
-        self.num_images = max(1, last.num_images)
+        self.num_images = int(self._repaired("num_images", last.num_images))
         self.mode = "txt2img"
         self.init_path = ""
         self.strength = 0.75
@@ -139,6 +170,38 @@ class ViewState(QObject):
         self.references: list[ReferenceItem] = []
         self.controls: list[ControlItem] = []
         self.models = replace(models) if models is not None else ModelPaths()
+        self._restore_references(last.references)
+
+    def _repaired(self, name: str, value: float) -> float:
+        """``value`` brought inside the window's range for ``name``; a note says what changed."""
+        low, high = LIMITS[name]
+        fixed = _clamp(value, low, high)
+        if fixed != value:
+            shown = f"{value:g}" if isinstance(value, float) else str(value)
+            if len(shown) > 24:
+                shown = shown[:21] + "…"
+            self.repairs.append(f"{SETTING_NAMES[name]} {shown} → {fixed:g}")
+        return fixed
+
+    def _restore_references(self, saved: list[ReferenceValue]) -> None:
+        lost = 0
+        for ref in saved:
+            if ref.path and Path(ref.path).is_file():
+                weight = _clamp(ref.weight, *LIMITS["weight"])
+                self.references.append(ReferenceItem(next(_uids), ref.path, weight))
+            else:
+                lost += 1
+        if lost:
+            self.repairs.append(
+                f"{lost} reference image{'s' if lost > 1 else ''} from last time could not be found any "
+                "more and " + ("were" if lost > 1 else "was") + " left out"
+            )
+
+    def repairs_text(self) -> str:
+        """One sentence for the window's notice, or "" when the remembered values were all fine."""
+        if not self.repairs:
+            return ""
+        return "Some remembered settings could not be used as they were: " + "; ".join(self.repairs) + "."
 
     # ------------------------------------------------------------------ plain values
     def set(self, name: str, value: object) -> None:
@@ -146,8 +209,12 @@ class ViewState(QObject):
             raise AttributeError(f"ViewState has no setting {name!r}")
         if name in _INIT_FIELDS:
             value = _init_value(name, value)
+        if name in LIMITS:
+            value = _clamp(value, *LIMITS[name])  # type: ignore[arg-type]
+            if name in ("steps", "seed", "width", "height", "num_images"):
+                value = int(value)
         if name == "scale":
-            value = _clamp(float(value), 0.0, 1.0)  # type: ignore[arg-type]
+            value = float(value)  # type: ignore[arg-type]
             if self.scale_blocks is not None:
                 self.scale_blocks = None
                 self.scale = value
@@ -164,9 +231,21 @@ class ViewState(QObject):
         if clear_prompt:
             self.set("prompt", "")
 
+    def choose_seed(self, seed: int) -> None:
+        """A seed picked by the person (typed, the dice, a reused picture): the next generation uses
+        it, kept or not; later ones draw new seeds unless the seed is kept."""
+        self.set("seed", int(seed))
+        self._seed_once = True
+
     def randomize_seed(self) -> int:
-        self.set("seed", random.randint(0, MAX_SEED))
+        """A new random seed for the next generation (the dice button)."""
+        self.choose_seed(random.randint(0, MAX_SEED))
         return self.seed
+
+    @property
+    def seed_for_next(self) -> bool:
+        """The next generation uses the seed shown (kept, or picked once), rather than a new one."""
+        return self.seed_locked or self._seed_once
 
     # ------------------------------------------------------------------ references
     def add_reference(self, path: str | Path, weight: float = 1.0) -> ReferenceItem:
@@ -248,9 +327,10 @@ class ViewState(QObject):
     def next_request(self) -> GenerationRequest:
         """The request for the next job; draws a fresh seed first unless the seed is locked."""
         request = self.build_request()  # check first: a refused job should not use up a seed
-        if not self.seed_locked:
-            self.randomize_seed()
+        if not self.seed_for_next:
+            self.set("seed", random.randint(0, MAX_SEED))
             request = request.replace(seed=self.seed)
+        self._seed_once = False
         return request
 
     def build_request(self) -> GenerationRequest:
@@ -309,24 +389,36 @@ class ViewState(QObject):
     def apply_request(self, request: GenerationRequest) -> list[str]:
         """Put a past request's settings into the panels. Returns notes on what could not be restored.
 
-        The seed is locked, so pressing Generate makes the same picture again.
+        The next Generate uses the picture's seed, so it makes the same picture again; whether later
+        generations keep that seed stays the person's choice ("Keep"), as it was.
         """
         notes: list[str] = []
         notes.extend(self._apply_init(request))
+        changed = []
         for name in _FIELDS:
-            if name in ("scale", "seed_locked"):
+            if name in ("scale", "seed_locked", "seed"):
                 continue
             value = getattr(request, name)
             if name == "scheduler" and value not in SCHEDULERS:
                 continue
+            if name in LIMITS and _clamp(value, *LIMITS[name]) != value:
+                changed.append(f"{SETTING_NAMES[name]} {value} → {_clamp(value, *LIMITS[name]):g}")
             self.set(name, value)
+        if _clamp(request.seed, *LIMITS["seed"]) != request.seed:
+            changed.append(f"seed {request.seed} → {_clamp(request.seed, *LIMITS['seed']):g}")
+        self.choose_seed(int(_clamp(request.seed, *LIMITS["seed"])))
+        if changed:
+            notes.append(
+                "Some of its settings are outside what the window offers and were brought within range: "
+                + "; ".join(changed)
+                + "."
+            )
         if isinstance(request.scale, Mapping):
             self.scale_blocks = {str(k): float(v) for k, v in request.scale.items()}
             self.scale = float(self.scale_blocks.get("default", 0.0))
             self.changed.emit("scale")
         else:
             self.set("scale", float(request.scale))
-        self.set("seed_locked", True)
 
         self.references = []
         lost = 0
@@ -435,7 +527,13 @@ class ViewState(QObject):
             height=self.height,
             scheduler=self.scheduler,
             num_images=self.num_images,
+            references=[ReferenceValue(r.path, r.weight) for r in self.references],
         )
+
+
+def _multiple_of_8(value: float) -> int:
+    low, high = LIMITS["width"]
+    return int(min(max(round(value / 8) * 8, low), high))
 
 
 def _init_value(name: str, value: object) -> object:
@@ -455,6 +553,6 @@ def _init_value(name: str, value: object) -> object:
 
 
 def _clamp(value: float, low: float, high: float) -> float:
-    if not math.isfinite(value):
+    if isinstance(value, float) and not math.isfinite(value):
         return low
     return min(max(value, low), high)

@@ -45,7 +45,8 @@ QPushButton:checked {{ background: #34507a; border: 1px solid {ACCENT}; color: w
 QProgressBar {{ background: #1c1c1e; border: none; border-radius: 4px; }}
 QProgressBar::chunk {{ background: {ACCENT}; border-radius: 4px; }}
 QListWidget#gallery {{ background: #232326; border: 1px solid #38383d; border-radius: 6px; }}
-QListWidget#gallery::item:selected {{ background: #34507a; border-radius: 4px; }}
+QListWidget#gallery::item {{ border: 2px solid transparent; border-radius: 4px; }}
+QListWidget#gallery::item:selected {{ background: transparent; border: 2px solid {ACCENT}; }}
 QTabBar::tab {{ padding: 8px 22px; font-size: 10.5pt; }}
 QPushButton#statusLink {{ color: #9fbfff; text-align: right; padding: 0 6px; }}
 """

@@ -29,6 +29,7 @@ from PySide6.QtGui import QImage
 from ipa_studio.core.errors import Cancelled
 from ipa_studio.core.request import GenerationRequest, ModelSpec
 from ipa_studio.gui.errors import describe_error
+from ipa_studio.gui.kept import keep_inputs
 from ipa_studio.gui.qimage import pil_to_qimage, thumbnail
 
 log = logging.getLogger("ipa_studio.gui")
@@ -44,6 +45,8 @@ class Job:
     id: int
     request: GenerationRequest
     outputs_dir: Path
+    submitted: GenerationRequest | None = None
+    """The request as the window sent it, before its inputs were replaced by kept copies."""
 
 
 @dataclass(frozen=True)
@@ -200,13 +203,17 @@ class GenerationWorker(QThread):
             self.job_progress.emit(job.id, info.step, info.total, info.elapsed, left, preview)
 
         try:
+            # The saved picture names copies of its inputs, so it can be made again later even
+            # when the originals move; the job reads those same copies.
+            request, kept_notes = keep_inputs(job.request, job.outputs_dir)
+            job = Job(job.id, request, job.outputs_dir, job.request)
             result = self.engine.generate(
                 job.request, on_step=on_step, should_cancel=lambda: self._is_cancelled(job.id)
             )
             # A cancel that arrives during the final decode still means "I do not want this".
             if self._is_cancelled(job.id):
                 raise Cancelled("Generation cancelled.")
-            saved = self._save(job, result.images, result.seconds, tuple(result.notices))
+            saved = self._save(job, result.images, result.seconds, (*kept_notes, *result.notices))
         except Cancelled:
             self.job_cancelled.emit(job.id)
             return
@@ -227,6 +234,11 @@ class GenerationWorker(QThread):
             extra: dict[str, Any] = {"seconds": round(seconds, 2)}
             if len(images) > 1:
                 extra["image_index"] = index
+            if job.submitted is not None and job.submitted.references != job.request.references:
+                # Where the kept copies came from: for people reading the settings, not for reuse.
+                extra["reference_sources"] = [
+                    str(r.image) for r in job.submitted.references if isinstance(r.image, (str, Path))
+                ]
             path = _free_path(job.outputs_dir / f"{stamp}-{job.request.seed}-{index + 1}.png")
             save_png(image, path, request_to_metadata(job.request, extra=extra))
             qimage = pil_to_qimage(image)

@@ -6,7 +6,10 @@
 
 from __future__ import annotations
 
+import atexit
+import json
 import os
+import tempfile
 import threading
 import weakref
 from collections.abc import Callable, Iterator
@@ -15,6 +18,13 @@ from pathlib import Path
 import pytest
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+if os.environ["QT_QPA_PLATFORM"] == "offscreen":
+    # Qt's offscreen screen is 800 × 800 unless told otherwise; the window fits itself to the
+    # screen, so the tests run it on a common desktop screen. Laptop sizes are tested explicitly.
+    _SCREEN = Path(tempfile.gettempdir()) / f"ipa-studio-test-screen-{os.getpid()}.json"
+    _SCREEN.write_text(json.dumps({"screens": [{"name": "desktop", "width": 1920, "height": 1080}]}))
+    atexit.register(_SCREEN.unlink, missing_ok=True)
+    os.environ["QT_QPA_PLATFORM"] = f"offscreen:configfile={_SCREEN}"
 
 from PySide6.QtCore import QThread  # noqa: E402
 
@@ -88,7 +98,8 @@ def make_window(qtbot, tmp_path: Path) -> Iterator[Callable[..., MainWindow]]:
 
     yield make
     for window in windows:
-        window.close()  # stops the worker, download and loader threads
+        window.shutdown()  # stops the worker, download and loader threads (and so asks nothing)
+        window.close()
 
 
 @pytest.fixture

@@ -40,6 +40,12 @@ def drop_files(window: MainWindow, paths: list[Path], qtbot) -> None:
     qtbot.waitUntil(lambda: all(card.has_crop() for card in panel.cards.values()), timeout=30_000)
 
 
+def same_file(kept: object, original: Path) -> bool:
+    """``kept`` is the copy of ``original`` the window keeps with its pictures."""
+    kept = Path(str(kept))
+    return "kept" in kept.parts and kept.name == original.name and kept.read_bytes() == original.read_bytes()
+
+
 def run_job(window: MainWindow, qtbot, start=None, timeout: int = 120_000) -> str:
     with qtbot.waitSignal(window.generation_ended, timeout=timeout) as blocker:
         (start or window.generate)()
@@ -82,9 +88,11 @@ def test_drop_set_lambda_and_prompt_generate_and_see_the_result(
 
     [png] = outputs(window)
     request = request_from_metadata(read_png_metadata(png))
-    assert request == window.state.build_request()
+    panels = window.state.build_request()
+    # The picture names a copy of the reference kept in the outputs folder (to be remade later).
+    assert request.replace(references=panels.references) == panels
     assert request.prompt == "a red fox" and request.scale == 0.35
-    assert [Path(r.image) for r in request.references] == [reference_files[0].resolve()]
+    assert [same_file(r.image, reference_files[0]) for r in request.references] == [True]
     assert request.models.adapter is not None
 
 
@@ -207,8 +215,8 @@ def test_reuse_settings_round_trips_every_field(window: MainWindow, qtbot, refer
     s.guidance.setValue(5.5)
     s.seed.setValue(987654321)
     s.lock.setChecked(True)
-    s.width.setValue(128)
-    s.width.editingFinished.emit()
+    s.width_box.setValue(128)
+    s.width_box.editingFinished.emit()
     s.scheduler.setCurrentIndex(s.scheduler.findData("euler-a"))
     s.num_images.setValue(2)
     original = window.state.build_request()
@@ -245,17 +253,25 @@ def test_reuse_settings_round_trips_every_field(window: MainWindow, qtbot, refer
     window.reuse_button.click()
     restored = window.state.build_request()
     for field in dataclasses.fields(original):
-        assert getattr(restored, field.name) == getattr(original, field.name), field.name
+        if field.name != "references":
+            assert getattr(restored, field.name) == getattr(original, field.name), field.name
+    # References come back as the copies kept with the picture: the same files, the same weights.
+    assert [r.weight for r in restored.references] == [r.weight for r in original.references]
+    pairs = zip(restored.references, original.references, strict=True)
+    assert all(same_file(a.image, Path(b.image)) for a, b in pairs)
     # …and the panels show it, not only the state.
     assert window.prompt.prompt.toPlainText() == "a lighthouse, oil painting"
     assert window.balance.slider.value() == 45
+    # The seed comes back for the next Generate; "Keep" stays as it was (off), so it does not lock
+    # every generation after it to the same seed.
     assert (s.steps.value(), s.guidance.value(), int(s.seed.value()), s.lock.isChecked()) == (
         4,
         5.5,
         987654321,
-        True,
+        False,
     )
-    assert (s.width.value(), s.height.value(), s.scheduler.currentData(), s.num_images.value()) == (
+    assert window.state.seed_for_next
+    assert (s.width_box.value(), s.height_box.value(), s.scheduler.currentData(), s.num_images.value()) == (
         128,
         64,
         "euler-a",

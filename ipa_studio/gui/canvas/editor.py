@@ -17,12 +17,10 @@ from PIL import Image
 from PySide6.QtCore import QMimeData, Qt, Signal
 from PySide6.QtGui import QDragEnterEvent, QDropEvent, QGuiApplication, QImage
 from PySide6.QtWidgets import (
-    QFileDialog,
     QFrame,
     QHBoxLayout,
     QLabel,
-    QSlider,
-    QSpinBox,
+    QLayout,
     QToolButton,
     QVBoxLayout,
     QWidget,
@@ -31,6 +29,7 @@ from PySide6.QtWidgets import (
 from ipa_studio.core.compose import fit_mask
 from ipa_studio.core.errors import IPAStudioError
 from ipa_studio.core.images import load_image, load_mask
+from ipa_studio.gui import dialogs
 from ipa_studio.gui.canvas.files import (
     IMAGE_FILTER,
     MASK_FILTER,
@@ -42,6 +41,9 @@ from ipa_studio.gui.canvas.view import MaskCanvas
 from ipa_studio.gui.loader import ImageLoader
 from ipa_studio.gui.qimage import pil_to_qimage
 from ipa_studio.gui.state import ViewState
+from ipa_studio.gui.widgets.elided import ElidedLabel
+from ipa_studio.gui.widgets.fields import Slider, SpinBox
+from ipa_studio.gui.widgets.flow import FlowLayout
 
 PLACEHOLDER = (
     "Open, paste or drop a picture here to start from it,\n"
@@ -94,6 +96,7 @@ class CanvasEditor(QWidget):
         self.paste_dir = paste_dir
         self.layer = MaskLayer(parent=self)
         self.canvas = MaskCanvas(self.layer, PLACEHOLDER)
+        self.canvas.tools = self
         # Drops land on the editor (not the view's scene), so any part of the page takes a picture.
         self.canvas.setAcceptDrops(False)
         self.canvas.viewport().setAcceptDrops(False)
@@ -118,7 +121,9 @@ class CanvasEditor(QWidget):
         frame_layout.setContentsMargins(0, 0, 0, 0)
         frame_layout.addWidget(self.canvas)
         layout.addWidget(frame, 1)
-        self.info = QLabel()
+        self.info = ElidedLabel(
+            mode=Qt.TextElideMode.ElideRight
+        )  # a long file name must not widen the window
         self.info.setObjectName("caption")
         layout.addWidget(self.info)
 
@@ -137,7 +142,7 @@ class CanvasEditor(QWidget):
             self._show_init(state.init_path)
 
     # ------------------------------------------------------------------ tool bar
-    def _button(self, row: QHBoxLayout, text: str, tip: str, slot: Callable[[], object]) -> QToolButton:
+    def _button(self, row: QLayout, text: str, tip: str, slot: Callable[[], object]) -> QToolButton:
         button = QToolButton()
         button.setText(text)
         button.setToolTip(tip)
@@ -169,19 +174,19 @@ class CanvasEditor(QWidget):
         size_tip = "Brush size in pixels of the picture ([ smaller, ] larger)"
         size_label = QLabel("Size")
         size_label.setToolTip(size_tip)
-        self.size_slider = QSlider(Qt.Orientation.Horizontal)
+        self.size_slider = Slider(Qt.Orientation.Horizontal)
         self.size_slider.setRange(int(MIN_BRUSH), 512)
         self.size_slider.setMinimumWidth(90)
-        self.size_spin = QSpinBox()
+        self.size_spin = SpinBox()
         self.size_spin.setRange(int(MIN_BRUSH), int(MAX_BRUSH))
         self.size_spin.setSuffix(" px")
         hard_tip = "Hardness: 100 % gives a crisp edge, lower values a soft, feathered edge"
         hard_label = QLabel("Hardness")
         hard_label.setToolTip(hard_tip)
-        self.hardness_slider = QSlider(Qt.Orientation.Horizontal)
+        self.hardness_slider = Slider(Qt.Orientation.Horizontal)
         self.hardness_slider.setRange(0, 100)
         self.hardness_slider.setMinimumWidth(70)
-        self.hardness_spin = QSpinBox()
+        self.hardness_spin = SpinBox()
         self.hardness_spin.setRange(0, 100)
         self.hardness_spin.setSuffix(" %")
         for w in (self.size_slider, self.size_spin):
@@ -203,9 +208,8 @@ class CanvasEditor(QWidget):
         self.hardness_spin.valueChanged.connect(lambda v: self.canvas.set_hardness(v / 100.0))
         return row
 
-    def _command_row(self) -> QHBoxLayout:
-        row = QHBoxLayout()
-        row.setSpacing(4)
+    def _command_row(self) -> FlowLayout:
+        row = FlowLayout()  # wraps when the picture area is narrow, so it never widens the window
         b = self._button
         b(row, "Open…", "Choose the picture to start from (or drop one on the canvas)", self.open_dialog)
         b(row, "Paste", "Start from the picture on the clipboard", self.paste)
@@ -229,7 +233,7 @@ class CanvasEditor(QWidget):
             self.load_mask_dialog,
         )
         b(row, "Save mask…", "Save the mask as a black-and-white PNG", self.save_mask_dialog)
-        row.addStretch(1)
+        row.addSpacing(10)
         self._button(row, "Fit", "Show the whole picture (F)", self.canvas.fit)
         self._button(row, "1:1", "Show the picture at its real size (1)", self.canvas.actual_size)
         self._button(row, "−", "Zoom out (mouse wheel)", lambda: self.canvas.zoom_by(0.8))
@@ -239,15 +243,10 @@ class CanvasEditor(QWidget):
 
     def _show_brush(self) -> None:
         brush = self.canvas.brush
-        widgets = (self.size_slider, self.size_spin, self.hardness_slider, self.hardness_spin)
-        for w in widgets:
-            w.blockSignals(True)
-        self.size_slider.setValue(round(brush.size))
-        self.size_spin.setValue(round(brush.size))
-        self.hardness_slider.setValue(round(brush.hardness * 100))
-        self.hardness_spin.setValue(round(brush.hardness * 100))
-        for w in widgets:
-            w.blockSignals(False)
+        self.size_slider.show_value(brush.size)
+        self.size_spin.show_value(brush.size)
+        self.hardness_slider.show_value(brush.hardness * 100)
+        self.hardness_spin.show_value(brush.hardness * 100)
         self.brush_button.setChecked(not brush.eraser)
         self.eraser_button.setChecked(brush.eraser)
         self._show_info()
@@ -261,9 +260,13 @@ class CanvasEditor(QWidget):
             self.info.setText(KEYS_HINT)
             return
         tool = "Eraser" if self.canvas.brush.eraser else "Brush"
-        self.info.setText(
-            f"{Path(self._shown).name} · {self.layer.width} × {self.layer.height} · "
-            f"{self.canvas.zoom() * 100:.0f} % · {tool} {self.canvas.brush.size:.0f} px   —   {KEYS_HINT}"
+        # A long file name is shortened in its middle, so the size, zoom and brush stay in sight;
+        # the key hint at the end is what goes first when the line is short of room.
+        name = self.info.fontMetrics().elidedText(Path(self._shown).name, Qt.TextElideMode.ElideMiddle, 260)
+        self.info.set_full_text(
+            f"{name} · {self.layer.width} × {self.layer.height} · "
+            f"{self.canvas.zoom() * 100:.0f} % · {tool} {self.canvas.brush.size:.0f} px   —   {KEYS_HINT}",
+            self._shown,
         )
 
     def _show_mode(self) -> None:
@@ -286,7 +289,7 @@ class CanvasEditor(QWidget):
 
     # ------------------------------------------------------------------ start picture
     def open_dialog(self) -> None:
-        path, _ = QFileDialog.getOpenFileName(self, "Choose the picture to start from", "", IMAGE_FILTER)
+        path = dialogs.open_file(self, "start picture", "Choose the picture to start from", IMAGE_FILTER)
         if path:
             self.set_init(path)
 
@@ -321,7 +324,7 @@ class CanvasEditor(QWidget):
         if not self.canvas.has_image():
             self.message.emit("Open the picture to start from first; then load its mask.", "error")
             return
-        path, _ = QFileDialog.getOpenFileName(self, "Open a mask", "", MASK_FILTER)
+        path = dialogs.open_file(self, "mask", "Open a mask", MASK_FILTER, Path(self._shown).parent)
         if path:
             self.load_mask(path)
 
@@ -336,8 +339,9 @@ class CanvasEditor(QWidget):
         if not self.canvas.has_image():
             self.message.emit("There is no mask to save yet: open a picture and paint on it.", "error")
             return
-        suggested = str(Path(self._shown).with_name(Path(self._shown).stem + "-mask.png"))
-        path, _ = QFileDialog.getSaveFileName(self, "Save the mask", suggested, "PNG mask (*.png)")
+        picture = Path(self._shown)
+        name = picture.stem + "-mask.png"
+        path = dialogs.save_file(self, "mask", "Save the mask", name, "PNG mask (*.png)", picture.parent)
         if path:
             self.save_mask(path)
 

@@ -7,6 +7,9 @@ scheduled for repainting. Nothing is ever redrawn whole while painting.
 
 Mouse: left button paints with the current tool, right button with the other one (a quick erase);
 middle button, or the space bar held, drags the picture; the wheel zooms around the pointer.
+Focus: the canvas takes the keyboard when the pointer comes over it, so its keys work without a
+click, unless someone is typing in a text or number field; the click that leaves such a field only
+brings the keyboard here and paints nothing (no stray dab, no undo step).
 Keys: ``[`` ``]`` brush size, ``X`` brush ↔ eraser, ``B`` brush, ``E`` eraser, ``F`` fit,
 ``1`` real size, Ctrl+Z undo, Ctrl+Shift+Z / Ctrl+Y redo, Ctrl+V a new start picture.
 """
@@ -26,11 +29,16 @@ from PySide6.QtGui import (
     QWheelEvent,
 )
 from PySide6.QtWidgets import (
+    QAbstractSpinBox,
+    QApplication,
     QGraphicsEllipseItem,
     QGraphicsItem,
     QGraphicsPixmapItem,
     QGraphicsView,
+    QLineEdit,
+    QPlainTextEdit,
     QStyleOptionGraphicsItem,
+    QTextEdit,
     QWidget,
 )
 
@@ -127,6 +135,13 @@ class MaskCanvas(ZoomableView):
             self.scene().addItem(item)
         self._panning: QPointF | None = None
         self._space = False
+        self._focus_click = False  # the press now arriving only took the keyboard from a text field
+        self._typing_elsewhere = False
+        self.tools: QWidget | None = None
+        """The page around the canvas: typing in its brush boxes is not typing "elsewhere"."""
+        app = QApplication.instance()
+        if isinstance(app, QApplication):
+            app.focusChanged.connect(self._on_app_focus)
         self.setViewportUpdateMode(QGraphicsView.ViewportUpdateMode.MinimalViewportUpdate)
         self.setMouseTracking(True)
         self.setFocusPolicy(Qt.FocusPolicy.StrongFocus)
@@ -182,6 +197,10 @@ class MaskCanvas(ZoomableView):
 
     # ------------------------------------------------------------------ mouse
     def mousePressEvent(self, event: QMouseEvent) -> None:  # noqa: N802 - Qt override
+        if self._focus_click:
+            self._focus_click = False
+            event.accept()
+            return
         button = event.button()
         if button == Qt.MouseButton.MiddleButton or (button == Qt.MouseButton.LeftButton and self._space):
             self._panning = event.position()
@@ -241,6 +260,18 @@ class MaskCanvas(ZoomableView):
     def enterEvent(self, event) -> None:  # noqa: N802, ANN001 - Qt override
         super().enterEvent(event)
         self._cursor.setVisible(self.has_image())
+        if not self.hasFocus() and not self._typing_elsewhere and self.isActiveWindow():
+            self.setFocus(Qt.FocusReason.OtherFocusReason)
+
+    def focusInEvent(self, event) -> None:  # noqa: N802, ANN001 - Qt override
+        super().focusInEvent(event)
+        # Qt announces the new focus widget after this event: _typing_elsewhere is the old one's.
+        self._focus_click = event.reason() == Qt.FocusReason.MouseFocusReason and self._typing_elsewhere
+
+    def _on_app_focus(self, _old: QWidget | None, new: QWidget | None) -> None:
+        if new is not self:
+            own = self.tools is not None and new is not None and self.tools.isAncestorOf(new)
+            self._typing_elsewhere = _is_typing(new) and not own
 
     def leaveEvent(self, event) -> None:  # noqa: N802, ANN001 - Qt override
         super().leaveEvent(event)
@@ -333,6 +364,11 @@ class MaskCanvas(ZoomableView):
 
     def _update_outline(self) -> None:
         self._cursor.set_brush(self.brush.size * self.zoom(), self.brush.eraser)
+
+
+def _is_typing(widget: QWidget | None) -> bool:
+    """Someone is typing in ``widget``: a keystroke there must not become a canvas shortcut."""
+    return isinstance(widget, (QLineEdit, QPlainTextEdit, QTextEdit, QAbstractSpinBox))
 
 
 class _BrushOutline(QGraphicsEllipseItem):

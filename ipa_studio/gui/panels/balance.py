@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from PySide6.QtCore import Qt
-from PySide6.QtWidgets import QDoubleSpinBox, QHBoxLayout, QLabel, QPushButton, QSlider, QWidget
+from PySide6.QtWidgets import QHBoxLayout, QLabel, QPushButton, QSlider, QWidget
 
-from ipa_studio.gui.state import PRESETS, ViewState
+from ipa_studio.gui.state import LIMITS, PRESETS, ViewState
+from ipa_studio.gui.widgets.fields import DoubleSpinBox, Slider
 from ipa_studio.gui.widgets.section import Section
 
 PRESET_LABELS = {
@@ -28,13 +29,13 @@ class BalancePanel(Section):
         row = QHBoxLayout()
         text_label = QLabel("Text")
         image_label = QLabel("Image")
-        self.slider = QSlider(Qt.Orientation.Horizontal)
+        self.slider = Slider(Qt.Orientation.Horizontal)
         self.slider.setRange(0, 100)
         self.slider.setPageStep(10)
         self.slider.setTickPosition(QSlider.TickPosition.TicksBelow)
         self.slider.setTickInterval(10)
-        self.spin = QDoubleSpinBox()
-        self.spin.setRange(0.0, 1.0)
+        self.spin = DoubleSpinBox()
+        self.spin.setRange(*LIMITS["scale"])
         self.spin.setSingleStep(0.05)
         self.spin.setDecimals(2)
         for w in (text_label, image_label, self.slider, self.spin):
@@ -74,12 +75,8 @@ class BalancePanel(Section):
 
     def _show(self) -> None:
         scale = self.state.scale
-        for w in (self.slider, self.spin):
-            w.blockSignals(True)
-        self.slider.setValue(round(scale * 100))
-        self.spin.setValue(scale)
-        for w in (self.slider, self.spin):
-            w.blockSignals(False)
+        self.slider.show_value(scale * 100)
+        self.spin.show_value(scale)
         for name, button in self.preset_buttons.items():
             button.setChecked(self.state.scale_blocks is None and abs(PRESETS[name][0] - scale) < 1e-6)
         blocks = self.state.scale_blocks

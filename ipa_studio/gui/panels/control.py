@@ -17,28 +17,26 @@ from pathlib import Path
 from typing import Any
 
 from PySide6.QtCore import QMimeData, QSize, Qt, Signal
-from PySide6.QtGui import QDragEnterEvent, QDropEvent, QImage, QMouseEvent, QPixmap, QResizeEvent
+from PySide6.QtGui import QDragEnterEvent, QDropEvent, QImage, QMouseEvent, QPixmap
 from PySide6.QtWidgets import (
     QCheckBox,
-    QComboBox,
-    QDoubleSpinBox,
-    QFileDialog,
     QFrame,
     QGridLayout,
     QHBoxLayout,
     QLabel,
     QPushButton,
     QSizePolicy,
-    QSlider,
-    QSpinBox,
     QToolButton,
     QVBoxLayout,
     QWidget,
 )
 
+from ipa_studio.gui import dialogs
 from ipa_studio.gui.control_worker import ControlNetCheck, ControlWorker, MapJob, MapResult, ServiceFactory
 from ipa_studio.gui.panels.references import IMAGE_FILTER
-from ipa_studio.gui.state import ControlItem, ViewState
+from ipa_studio.gui.state import LIMITS, ControlItem, ViewState
+from ipa_studio.gui.widgets.elided import ElidedLabel
+from ipa_studio.gui.widgets.fields import ComboBox, DoubleSpinBox, Slider, SpinBox
 from ipa_studio.gui.widgets.section import Section
 
 THUMB = 150
@@ -129,28 +127,6 @@ class _Thumb(QLabel):
         self.style().polish(self)
 
 
-class _PathLabel(QLabel):
-    """A path shortened in the middle to the width it has: both the drive and the folder name count."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.setObjectName("hint")
-        self.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
-        self.path = ""
-
-    def set_path(self, path: str) -> None:
-        self.path = path
-        self.setToolTip(path)
-        self._elide()
-
-    def resizeEvent(self, event: QResizeEvent) -> None:  # noqa: N802 - Qt override
-        super().resizeEvent(event)
-        self._elide()
-
-    def _elide(self) -> None:
-        self.setText(self.fontMetrics().elidedText(self.path, Qt.TextElideMode.ElideMiddle, self.width()))
-
-
 class ControlCard(QFrame):
     """One control. Emits ``edited(uid, changes)``; never writes the state itself."""
 
@@ -223,18 +199,15 @@ class ControlCard(QFrame):
         grid.setVerticalSpacing(6)
         grid.setColumnStretch(1, 1)
 
-        self.preprocessor = QComboBox()
+        self.preprocessor = ComboBox()
         self.preprocessor.addItem("Loading…")
         self.preprocessor.setEnabled(False)
-        self.preprocessor.setSizeAdjustPolicy(
-            QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon
-        )
+        self.preprocessor.setSizeAdjustPolicy(ComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
         self.preprocessor.setMinimumContentsLength(12)
-        self.resolution = QSpinBox()
-        self.resolution.setRange(64, 2048)
+        self.resolution = SpinBox()
+        self.resolution.setRange(*(int(v) for v in LIMITS["control_resolution"]))
         self.resolution.setSingleStep(64)
         self.resolution.setSuffix(" px")
-        self.resolution.setKeyboardTracking(False)  # one map when typing "768", not three
         self.resolution.setToolTip(
             "Detail: the short side of the map. 512 is what the ControlNets were trained with; more finds "
             "smaller people and details, but is slower."
@@ -258,10 +231,10 @@ class ControlCard(QFrame):
         options.addStretch(1)
         grid.addWidget(self.pose_options, 1, 1)
 
-        self.model = QComboBox()
+        self.model = ComboBox()
         self.model.setToolTip(CONTROLNET_TIP)
         self.model.setPlaceholderText("Choose a ControlNet folder")
-        self.model.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+        self.model.setSizeAdjustPolicy(ComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
         self.model.setMinimumContentsLength(12)
         self.browse = QToolButton()
         self.browse.setText("…")
@@ -277,10 +250,11 @@ class ControlCard(QFrame):
         self.model_note.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
         grid.addWidget(self.model_note, 3, 1)
 
-        self.strength_slider = QSlider(Qt.Orientation.Horizontal)
-        self.strength_slider.setRange(0, 200)
-        self.strength_spin = QDoubleSpinBox()
-        self.strength_spin.setRange(0.0, 2.0)
+        low, high = LIMITS["control_scale"]
+        self.strength_slider = Slider(Qt.Orientation.Horizontal)
+        self.strength_slider.setRange(round(low * 100), round(high * 100))
+        self.strength_spin = DoubleSpinBox()
+        self.strength_spin.setRange(low, high)
         self.strength_spin.setSingleStep(0.05)
         self.strength_spin.setDecimals(2)
         tip = "How strongly the picture follows the map: 1 is normal, 0.5 loosely, 0 not at all."
@@ -293,13 +267,12 @@ class ControlCard(QFrame):
         grid.addWidget(self._label("Strength", tip), 4, 0)
         grid.addLayout(row, 4, 1)
 
-        self.start = QSpinBox()
-        self.end = QSpinBox()
+        self.start = SpinBox()
+        self.end = SpinBox()
         for spin in (self.start, self.end):
             spin.setRange(0, 100)
             spin.setSingleStep(5)
             spin.setSuffix(" %")
-            spin.setKeyboardTracking(False)
         tip = (
             "The part of the denoising steps the ControlNet guides. Ending early (say at 60 %) fixes the "
             "layout and leaves the details free."
@@ -397,7 +370,7 @@ class ControlCard(QFrame):
             self.enabled.setText(f"Control {number}")
             self.enabled.setChecked(item.enabled)
             self._fill_preprocessors(item)
-            self.resolution.setValue(item.resolution)
+            self.resolution.show_value(item.resolution)
             self.hands.setChecked(item.hands)
             self.face.setChecked(item.face)
             index = self.model.findData(item.model) if item.model else -1
@@ -406,10 +379,10 @@ class ControlCard(QFrame):
                 index = self.model.count() - 1
             self.model.setCurrentIndex(index)
             self.model.setToolTip(f"{item.model}\n\n{CONTROLNET_TIP}" if item.model else CONTROLNET_TIP)
-            self.strength_slider.setValue(round(item.scale * 100))
-            self.strength_spin.setValue(item.scale)
-            self.start.setValue(round(item.start * 100))
-            self.end.setValue(round(item.end * 100))
+            self.strength_slider.show_value(item.scale * 100)
+            self.strength_spin.show_value(item.scale)
+            self.start.show_value(item.start * 100)
+            self.end.show_value(item.end * 100)
         finally:
             for w in widgets:
                 w.blockSignals(False)
@@ -576,7 +549,8 @@ class ControlPanel(Section):
         weights = QHBoxLayout()
         weights_title = QLabel("Preprocessor weights")
         weights_title.setObjectName("hint")
-        self.weights_label = _PathLabel()
+        self.weights_label = ElidedLabel()
+        self.weights_label.setObjectName("hint")
         self.weights_button = QToolButton()
         self.weights_button.setText("Change…")
         self.weights_button.setToolTip(
@@ -835,8 +809,8 @@ class ControlPanel(Section):
 
     def _browse_model(self, uid: int) -> None:
         item = self.state.control(uid)
-        start = str(Path(item.model).parent) if item and item.model else str(self.models_dir())
-        folder = QFileDialog.getExistingDirectory(self, "Choose a ControlNet folder", start)
+        start = Path(item.model).parent if item and item.model else self.models_dir() / "controlnet"
+        folder = dialogs.open_folder(self, "controlnet", "Choose a ControlNet folder", start)
         if folder:
             self.set_model(uid, folder)
 
@@ -881,7 +855,7 @@ class ControlPanel(Section):
 
     # ------------------------------------------------------------------ photos and maps
     def _choose_photo(self, uid: int) -> None:
-        path, _ = QFileDialog.getOpenFileName(self, "Choose a photo or a map", "", IMAGE_FILTER)
+        path = dialogs.open_file(self, "control photo", "Choose a photo or a map", IMAGE_FILTER)
         if path:
             self.state.update_control(uid, photo=path)
 
@@ -920,10 +894,11 @@ class ControlPanel(Section):
         self._retry_failed_maps()
 
     def _show_weights_dir(self) -> None:
-        self.weights_label.set_path(str(self.weights_dir))
+        self.weights_label.setText(str(self.weights_dir))
 
     def _choose_weights_dir(self) -> None:
-        folder = QFileDialog.getExistingDirectory(self, "Choose the preprocessor weights folder", "")
+        title = "Choose the preprocessor weights folder"
+        folder = dialogs.open_folder(self, "annotators", title, current=self.weights_dir)
         if folder:
             self.set_weights_dir(folder)
 

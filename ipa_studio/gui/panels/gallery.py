@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from PySide6.QtCore import QPoint, QSize, Qt, Signal
-from PySide6.QtGui import QColor, QIcon, QImage, QPixmap
+from PySide6.QtGui import QColor, QIcon, QImage, QKeyEvent, QPixmap
 from PySide6.QtWidgets import QAbstractItemView, QListWidget, QListWidgetItem, QMenu, QWidget
 
 from ipa_studio.gui.loader import ImageLoader
@@ -22,6 +22,15 @@ def _history_thumbnail(path: str) -> QImage:
     return thumbnail(QImage(path), THUMBNAIL_SIZE)
 
 
+def _untinted(pixmap: QPixmap) -> QIcon:
+    """An icon that looks the same selected: by default Qt tints a selected icon with the highlight
+    colour, and an artist judges the colours of a picture on its thumbnail."""
+    icon = QIcon()
+    for mode in (QIcon.Mode.Normal, QIcon.Mode.Selected, QIcon.Mode.Active):
+        icon.addPixmap(pixmap, mode)
+    return icon
+
+
 class GalleryPanel(QListWidget):
     """Emits ``current_changed(path or None)`` and one signal per action on an image."""
 
@@ -29,6 +38,7 @@ class GalleryPanel(QListWidget):
     reuse_requested = Signal(object)
     reference_requested = Signal(object)
     copy_requested = Signal(object)
+    delete_requested = Signal(object)
     open_folder_requested = Signal()
 
     def __init__(self, loader: ImageLoader, parent: QWidget | None = None) -> None:
@@ -47,7 +57,7 @@ class GalleryPanel(QListWidget):
         self.setFixedHeight(ICON + 34)
         self.setToolTip(
             "Every picture you made, newest first. Click to view; right-click to reuse its settings, "
-            "use it as a reference, copy it or open its folder."
+            "use it as a reference, copy it, delete it (Delete key) or open its folder."
         )
         self.setContextMenuPolicy(Qt.ContextMenuPolicy.CustomContextMenu)
         self.customContextMenuRequested.connect(self._menu)
@@ -55,11 +65,11 @@ class GalleryPanel(QListWidget):
         loader.loaded.connect(self._on_loaded)
         blank = QPixmap(ICON, ICON)
         blank.fill(QColor(52, 52, 56))
-        self._placeholder = QIcon(blank)
+        self._placeholder = _untinted(blank)
 
     # ------------------------------------------------------------------ content
     def add_saved(self, saved: SavedImage, *, select: bool = True) -> QListWidgetItem:
-        item = self._item(saved.path, QIcon(QPixmap.fromImage(saved.thumbnail)))
+        item = self._item(saved.path, _untinted(QPixmap.fromImage(saved.thumbnail)))
         self.insertItem(0, item)
         if select:
             self.setCurrentItem(item)
@@ -97,7 +107,7 @@ class GalleryPanel(QListWidget):
         for row in range(self.count()):
             item = self.item(row)
             if item.data(PATH_ROLE) == key[1]:
-                item.setIcon(QIcon(QPixmap.fromImage(image)))
+                item.setIcon(_untinted(QPixmap.fromImage(image)))
                 break
 
     def paths(self) -> list[Path]:
@@ -109,6 +119,21 @@ class GalleryPanel(QListWidget):
 
     def current_path(self) -> Path | None:
         return self.path_of(self.currentItem())
+
+    def row_of(self, path: Path | str) -> int:
+        """The row showing ``path``, or -1."""
+        wanted = str(path)
+        return next((row for row in range(self.count()) if self.item(row).data(PATH_ROLE) == wanted), -1)
+
+    def remove_path(self, path: Path | str) -> None:
+        """Take ``path`` out of the strip; the next picture (or the previous one) becomes current."""
+        row = self.row_of(path)
+        if row < 0:
+            return
+        was_current = row == self.currentRow()
+        self.takeItem(row)
+        if was_current and self.count():
+            self.setCurrentRow(min(row, self.count() - 1))
 
     # ------------------------------------------------------------------ actions
     def _menu(self, pos: QPoint) -> None:
@@ -122,4 +147,13 @@ class GalleryPanel(QListWidget):
         menu.addAction("Copy image", lambda: self.copy_requested.emit(path))
         menu.addSeparator()
         menu.addAction("Open the outputs folder", self.open_folder_requested.emit)
+        menu.addSeparator()
+        menu.addAction("Delete (move to the trash)", lambda: self.delete_requested.emit(path))
         menu.exec(self.viewport().mapToGlobal(pos))
+
+    def keyPressEvent(self, event: QKeyEvent) -> None:  # noqa: N802 - Qt override
+        if event.key() == Qt.Key.Key_Delete and self.currentItem() is not None:
+            self.delete_requested.emit(self.current_path())
+            event.accept()
+            return
+        super().keyPressEvent(event)

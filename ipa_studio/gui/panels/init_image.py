@@ -11,21 +11,20 @@ from PySide6.QtGui import QGuiApplication
 from PySide6.QtWidgets import (
     QButtonGroup,
     QCheckBox,
-    QDoubleSpinBox,
-    QFileDialog,
     QFormLayout,
     QHBoxLayout,
     QLabel,
     QPushButton,
-    QSlider,
-    QSpinBox,
     QToolButton,
     QWidget,
 )
 
 from ipa_studio.core.errors import IPAStudioError
+from ipa_studio.gui import dialogs
 from ipa_studio.gui.canvas.files import IMAGE_FILTER, image_size, picture_from_mime
-from ipa_studio.gui.state import ViewState
+from ipa_studio.gui.state import LIMITS, ViewState
+from ipa_studio.gui.widgets.elided import ElidedLabel
+from ipa_studio.gui.widgets.fields import DoubleSpinBox, Slider, SpinBox
 from ipa_studio.gui.widgets.section import Section
 
 MODE_LABELS: dict[str, tuple[str, str]] = {
@@ -84,9 +83,8 @@ class InitImagePanel(Section):
 
         picture_row = QHBoxLayout()
         picture_row.setSpacing(4)
-        self.picture_label = QLabel()
+        self.picture_label = ElidedLabel()  # a long file name is shortened, not allowed to widen the column
         self.picture_label.setObjectName("referenceName")
-        self.picture_label.setWordWrap(True)
         picture_row.addWidget(self.picture_label, 1)
         self.open_button = self._tool(
             picture_row, "Open…", "Choose the picture to start from", self.open_dialog
@@ -105,11 +103,12 @@ class InitImagePanel(Section):
         form.addRow(picture_label, picture_row)
 
         strength_row = QHBoxLayout()
-        self.strength_slider = QSlider(Qt.Orientation.Horizontal)
-        self.strength_slider.setRange(1, 100)
+        low, high = LIMITS["strength"]
+        self.strength_slider = Slider(Qt.Orientation.Horizontal)
+        self.strength_slider.setRange(round(low * 100), round(high * 100))
         self.strength_slider.setPageStep(10)
-        self.strength_spin = QDoubleSpinBox()
-        self.strength_spin.setRange(0.01, 1.0)
+        self.strength_spin = DoubleSpinBox()
+        self.strength_spin.setRange(low, high)
         self.strength_spin.setSingleStep(0.05)
         self.strength_spin.setDecimals(2)
         strength_row.addWidget(self.strength_slider, 1)
@@ -126,14 +125,14 @@ class InitImagePanel(Section):
         )
         form.addRow(self.only_masked)
         options = QHBoxLayout()
-        self.padding = QSpinBox()
-        self.padding.setRange(0, 512)
+        self.padding = SpinBox()
+        self.padding.setRange(*(int(v) for v in LIMITS["mask_padding"]))
         self.padding.setSuffix(" px")
         self.padding.setToolTip(
             "With 'masked area only': how much of the surroundings to include, so the new part fits in"
         )
-        self.blur = QSpinBox()
-        self.blur.setRange(0, 64)
+        self.blur = SpinBox()
+        self.blur.setRange(*(int(v) for v in LIMITS["mask_blur"]))
         self.blur.setSuffix(" px")
         self.blur.setToolTip(
             "How softly the repainted part blends into the picture at the edge of the mask. The blend "
@@ -181,7 +180,7 @@ class InitImagePanel(Section):
             self.show_canvas.emit()
 
     def open_dialog(self) -> None:
-        path, _ = QFileDialog.getOpenFileName(self, "Choose the picture to start from", "", IMAGE_FILTER)
+        path = dialogs.open_file(self, "start picture", "Choose the picture to start from", IMAGE_FILTER)
         if path:
             self.state.set("init_path", path)
 
@@ -215,11 +214,14 @@ class InitImagePanel(Section):
             w.blockSignals(True)
         for mode, button in self.mode_buttons.items():
             button.setChecked(mode == s.mode)
-        self.strength_slider.setValue(round(s.strength * 100))
-        self.strength_spin.setValue(s.strength)
+            # One Tab stop for the three, on the mode in use (the arrow keys move between them),
+            # as for any group of choices; Qt would otherwise stop on the first one only.
+            button.setFocusPolicy(Qt.FocusPolicy.StrongFocus if mode == s.mode else Qt.FocusPolicy.ClickFocus)
+        self.strength_slider.show_value(s.strength * 100)
+        self.strength_spin.show_value(s.strength)
         self.only_masked.setChecked(s.only_masked)
-        self.padding.setValue(s.mask_padding)
-        self.blur.setValue(s.mask_blur)
+        self.padding.show_value(s.mask_padding)
+        self.blur.show_value(s.mask_blur)
         for w in widgets:
             w.blockSignals(False)
 
@@ -234,12 +236,10 @@ class InitImagePanel(Section):
             self._size_of = (s.init_path, image_size(s.init_path) if s.init_path else None)
         size = self._size_of[1]
         if not s.init_path:
-            self.picture_label.setText("None yet: open, paste or drop one on the Canvas")
-            self.picture_label.setToolTip("")
+            self.picture_label.set_full_text("None yet: open, paste\nor drop one on the Canvas", "")
         else:
             dims = f"\n{size[0]} × {size[1]} pixels" if size else ""
-            self.picture_label.setText(f"{Path(s.init_path).name}{dims}")
-            self.picture_label.setToolTip(s.init_path)
+            self.picture_label.set_full_text(f"{Path(s.init_path).name}{dims}", s.init_path)
         if inpaint and s.only_masked:
             self.hint.setText(
                 f"Paint the part to repaint on the Canvas. It is generated at {s.width} × {s.height} "

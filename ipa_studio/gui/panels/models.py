@@ -20,7 +20,6 @@ from PySide6.QtWidgets import (
     QComboBox,
     QDialog,
     QDialogButtonBox,
-    QFileDialog,
     QFormLayout,
     QGridLayout,
     QLabel,
@@ -31,8 +30,10 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from ipa_studio.gui import dialogs
 from ipa_studio.gui.library import LibrarySnapshot, LibraryWorker, path_key
 from ipa_studio.gui.state import ViewState
+from ipa_studio.gui.widgets.fields import ComboBox
 from ipa_studio.gui.widgets.section import Section
 
 # variant → (label, what it is good for). The checkpoint says global / plus / full; "light" and
@@ -91,6 +92,17 @@ def adapter_variant(entry: Any) -> str:
     if variant == "plus":
         return "plus-face" if "face" in name else "plus"
     return "light" if "light" in name else "global"
+
+
+INPAINTING_TIP = (
+    "An inpainting model: made to repaint the painted part of a start picture (Inpaint). "
+    "With New picture or Img2img it repaints the whole picture."
+)
+
+
+def is_inpainting(entry: Any) -> bool:
+    """A base model whose UNet also reads a mask and a masked picture (9 input channels)."""
+    return entry.details.get("in_channels") == 9
 
 
 def encoder_need(entry: Any) -> str:
@@ -222,12 +234,12 @@ class ModelPicker(Section):
         grid = QGridLayout()
         grid.setHorizontalSpacing(8)
         grid.setVerticalSpacing(6)
-        self.base = QComboBox()
+        self.base = ComboBox()
         self.base.setObjectName("baseCombo")
         self.base.setToolTip(
             "The Stable Diffusion 1.5 model that paints: the original or a community fine-tune"
         )
-        self.adapter = QComboBox()
+        self.adapter = ComboBox()
         self.adapter.setObjectName("adapterCombo")
         self.adapter.setToolTip("The IP-Adapter variant that turns the reference images into a prompt")
         for combo in (self.base, self.adapter):
@@ -318,6 +330,9 @@ class ModelPicker(Section):
                 tip = f"Cannot be used: {entry.reason}"
             else:
                 tip = f"{entry.architecture} · {size_text(entry.size_bytes)}\n{entry.path}"
+                if kind == "base" and is_inpainting(entry):
+                    text += " · Inpainting"
+                    tip = f"{INPAINTING_TIP}\n{tip}"
                 if kind == "adapter":
                     label, about = VARIANTS[adapter_variant(entry)]
                     text += f" · {label}"
@@ -425,6 +440,9 @@ class ModelPicker(Section):
                 warning = True
                 have = f"⚠ Needs {need}: choose the adapter again to use {pick.name}."
             text = f"{label}: {about}. {have}"
+        base = self.snapshot.find(m.base) if m.base else None
+        if base is not None and base.usable and is_inpainting(base):
+            text = f"Base: an inpainting model, made for Inpaint (New picture repaints all of it). {text}"
         self.about.setText(text)
         self.about.setProperty("warning", warning)
         self.about.style().unpolish(self.about)
@@ -455,15 +473,16 @@ class ModelPicker(Section):
 
     # ------------------------------------------------------------------ adding
     def choose_and_add(self, folder: bool) -> None:
-        start = str(self.library.root)
+        start = self.library.root
         if folder:
-            path = QFileDialog.getExistingDirectory(self, "Add a model folder", start)
+            path = dialogs.open_folder(self, "model folder", "Add a model folder", start)
         else:
-            path, _ = QFileDialog.getOpenFileName(
+            path = dialogs.open_file(
                 self,
+                "model file",
                 "Add a model file",
-                start,
                 "Model files (*.safetensors *.ckpt *.bin *.pt *.pth);;All files (*)",
+                start,
             )
         if path:
             self.add_path(path)

@@ -15,23 +15,22 @@ from PySide6.QtGui import (
     QPixmap,
 )
 from PySide6.QtWidgets import (
-    QDoubleSpinBox,
-    QFileDialog,
     QFrame,
     QHBoxLayout,
     QLabel,
     QPushButton,
     QSizePolicy,
-    QSlider,
     QToolButton,
     QVBoxLayout,
     QWidget,
 )
 
 from ipa_studio.core.images import encoder_crop, load_image
+from ipa_studio.gui import dialogs
 from ipa_studio.gui.loader import ImageLoader
 from ipa_studio.gui.qimage import pil_to_qimage
-from ipa_studio.gui.state import ReferenceItem, ViewState
+from ipa_studio.gui.state import LIMITS, ReferenceItem, ViewState
+from ipa_studio.gui.widgets.fields import DoubleSpinBox, Slider
 from ipa_studio.gui.widgets.section import Section
 
 CARD_THUMB = 96
@@ -83,10 +82,11 @@ class ReferenceCard(QFrame):
 
         weight_row = QHBoxLayout()
         weight_label = QLabel("Weight")
-        self.slider = QSlider(Qt.Orientation.Horizontal)
-        self.slider.setRange(0, 200)
-        self.spin = QDoubleSpinBox()
-        self.spin.setRange(0.0, 2.0)
+        low, high = LIMITS["weight"]
+        self.slider = Slider(Qt.Orientation.Horizontal)
+        self.slider.setRange(round(low * 100), round(high * 100))
+        self.spin = DoubleSpinBox()
+        self.spin.setRange(low, high)
         self.spin.setSingleStep(0.05)
         self.spin.setDecimals(2)
         tip = (
@@ -115,12 +115,8 @@ class ReferenceCard(QFrame):
         self.spin.valueChanged.connect(self._weight_from)
 
     def _set_weight_widgets(self, weight: float) -> None:
-        for w in (self.slider, self.spin):
-            w.blockSignals(True)
-        self.slider.setValue(round(weight * 100))
-        self.spin.setValue(weight)
-        for w in (self.slider, self.spin):
-            w.blockSignals(False)
+        self.slider.show_value(weight * 100)
+        self.spin.show_value(weight)
 
     def _weight_from(self, weight: float) -> None:
         self._set_weight_widgets(weight)
@@ -242,7 +238,7 @@ class ReferencesPanel(Section):
         return self.add_from_mime(QGuiApplication.clipboard().mimeData())
 
     def open_dialog(self) -> None:
-        files, _ = QFileDialog.getOpenFileNames(self, "Choose reference images", "", IMAGE_FILTER)
+        files = dialogs.open_files(self, "reference", "Choose reference images", IMAGE_FILTER)
         self.add_files(files)
 
     # ------------------------------------------------------------------ drag and drop

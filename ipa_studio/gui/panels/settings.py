@@ -2,20 +2,19 @@
 
 from __future__ import annotations
 
-from PySide6.QtCore import Qt
+from PySide6.QtCore import QSize, Qt
 from PySide6.QtWidgets import (
     QCheckBox,
-    QComboBox,
-    QDoubleSpinBox,
     QFormLayout,
     QHBoxLayout,
     QLabel,
-    QSpinBox,
     QToolButton,
     QWidget,
 )
 
-from ipa_studio.gui.state import SEED_LIMIT, ViewState
+from ipa_studio.gui.state import LIMITS, ViewState
+from ipa_studio.gui.widgets.fields import ComboBox, DoubleSpinBox, SpinBox
+from ipa_studio.gui.widgets.icons import dice_icon
 from ipa_studio.gui.widgets.section import Section
 
 SIZE_PRESETS: tuple[tuple[str, int, int], ...] = (
@@ -45,15 +44,15 @@ class SettingsPanel(Section):
         form.setVerticalSpacing(8)
         self.body.addLayout(form)
 
-        self.steps = QSpinBox()
-        self.steps.setRange(1, 150)
+        self.steps = SpinBox()
+        self.steps.setRange(*_ints("steps"))
         self.steps.setToolTip(
             "Denoising steps: more is slower and usually a little cleaner. 30 is a good start."
         )
         self._row(form, "Steps", self.steps)
 
-        self.guidance = QDoubleSpinBox()
-        self.guidance.setRange(0.0, 30.0)
+        self.guidance = DoubleSpinBox()
+        self.guidance.setRange(*LIMITS["guidance"])
         self.guidance.setSingleStep(0.5)
         self.guidance.setDecimals(1)
         self.guidance.setToolTip(
@@ -63,72 +62,72 @@ class SettingsPanel(Section):
         self._row(form, "Guidance", self.guidance)
 
         seed_row = QHBoxLayout()
-        self.seed = QDoubleSpinBox()
+        self.seed = DoubleSpinBox()  # a double: an int spin box stops at 2**31
         self.seed.setDecimals(0)
-        self.seed.setRange(0, SEED_LIMIT)
+        self.seed.setRange(*LIMITS["seed"])
         self.seed.setSingleStep(1)
         self.seed.setToolTip(
             "The random seed: the same seed with the same settings makes the same picture again."
         )
         self.randomize = QToolButton()
-        self.randomize.setText("🎲")
-        self.randomize.setToolTip("Pick a new random seed now")
+        self.randomize.setIcon(dice_icon(self.palette().buttonText().color()))
+        self.randomize.setIconSize(QSize(16, 16))
+        self.randomize.setAccessibleName("Random seed")
+        self.randomize.setToolTip("Pick a new random seed for the next generation")
         self.lock = QCheckBox("Keep")
         self.lock.setToolTip(
             "On: keep this seed for the next generations (to try other settings on the same picture).\n"
-            "Off: a new seed is picked for each generation."
+            "Off: a new seed is picked for each generation; a seed you type, roll or reuse is used once."
         )
         seed_row.addWidget(self.seed, 1)
         seed_row.addWidget(self.randomize)
         seed_row.addWidget(self.lock)
         self._row(form, "Seed", seed_row, self.seed.toolTip())
 
-        self.size_preset = QComboBox()
+        self.size_preset = ComboBox()
         for label, w, h in SIZE_PRESETS:
-            self.size_preset.addItem(label, (w, h))
-        self.size_preset.addItem(CUSTOM_SIZE, None)
+            self.size_preset.addItem(label, _size_key(w, h))
+        self.size_preset.addItem(CUSTOM_SIZE, "")
         self.size_preset.setToolTip(
             "The size of the picture in pixels. SD1.5 models are made for 512; much larger sizes tend "
             "to repeat things."
         )
         self._row(form, "Size", self.size_preset)
         wh = QHBoxLayout()
-        self.width = QSpinBox()
-        self.height = QSpinBox()
-        for spin, what in ((self.width, "Width"), (self.height, "Height")):
-            spin.setRange(64, 2048)
+        self.width_box = SpinBox()
+        self.height_box = SpinBox()
+        for spin, what in ((self.width_box, "Width"), (self.height_box, "Height")):
+            spin.setRange(*_ints(what.lower()))
             spin.setSingleStep(64)
             spin.setSuffix(" px")
             spin.setToolTip(f"{what} in pixels (a multiple of 8)")
         times = QLabel("×")
-        wh.addWidget(self.width, 1)
+        wh.addWidget(self.width_box, 1)
         wh.addWidget(times)
-        wh.addWidget(self.height, 1)
+        wh.addWidget(self.height_box, 1)
         self._row(form, "", wh)
 
-        self.scheduler = QComboBox()
+        self.scheduler = ComboBox()
         for name, (label, tip) in SCHEDULER_LABELS.items():
             self.scheduler.addItem(label, name)
             self.scheduler.setItemData(self.scheduler.count() - 1, tip, Qt.ItemDataRole.ToolTipRole)
         self.scheduler.setToolTip("The sampler (scheduler) that removes the noise step by step")
         self._row(form, "Sampler", self.scheduler)
 
-        self.num_images = QSpinBox()
-        self.num_images.setRange(1, 8)
+        self.num_images = SpinBox()
+        self.num_images.setRange(*_ints("num_images"))
         self.num_images.setToolTip("How many pictures to make at once, each from a different starting noise")
         self._row(form, "Images", self.num_images)
 
         self._show_all()
         self.steps.valueChanged.connect(lambda v: state.set("steps", v))
         self.guidance.valueChanged.connect(lambda v: state.set("guidance", round(v, 2)))
-        self.seed.valueChanged.connect(lambda v: state.set("seed", int(v)))
+        self.seed.valueChanged.connect(lambda v: state.choose_seed(int(v)))
         self.randomize.clicked.connect(state.randomize_seed)
         self.lock.toggled.connect(lambda on: state.set("seed_locked", on))
         self.size_preset.activated.connect(self._preset_chosen)
-        self.width.editingFinished.connect(lambda: state.set("width", _multiple_of_8(self.width.value())))
-        self.height.editingFinished.connect(lambda: state.set("height", _multiple_of_8(self.height.value())))
-        self.width.valueChanged.connect(self._size_typed)
-        self.height.valueChanged.connect(self._size_typed)
+        self.width_box.valueChanged.connect(lambda v: self._size_typed("width", v))
+        self.height_box.valueChanged.connect(lambda v: self._size_typed("height", v))
         self.scheduler.currentIndexChanged.connect(
             lambda _: state.set("scheduler", self.scheduler.currentData())
         )
@@ -143,18 +142,19 @@ class SettingsPanel(Section):
         form.addRow(lab, field)  # type: ignore[arg-type]
 
     def _preset_chosen(self, index: int) -> None:
-        size = self.size_preset.itemData(index)
-        if size is not None:
-            self.state.set("width", size[0])
-            self.state.set("height", size[1])
-
-    def _size_typed(self) -> None:
-        # Arrow clicks change the value without editingFinished; only multiples of 8 go to the state.
-        w, h = self.width.value(), self.height.value()
-        if w % 8 == 0:
+        key = self.size_preset.itemData(index)
+        if key:
+            w, h = (int(v) for v in key.split("x"))
             self.state.set("width", w)
-        if h % 8 == 0:
             self.state.set("height", h)
+        else:
+            self._show_all()  # "Custom size" is a label, not a size: the boxes say what is used
+
+    def _size_typed(self, name: str, value: int) -> None:
+        # Sizes are multiples of 8 (the latent grid): a typed 515 becomes 512, and the box shows it
+        # even when the state already held 512 and so says nothing.
+        self.state.set(name, _multiple_of_8(value))
+        self._show_all()
 
     def _on_state(self, name: str) -> None:
         if name in ("steps", "guidance", "seed", "seed_locked", "width", "height", "scheduler", "num_images"):
@@ -167,27 +167,39 @@ class SettingsPanel(Section):
             self.guidance,
             self.seed,
             self.lock,
-            self.width,
-            self.height,
+            self.width_box,
+            self.height_box,
             self.scheduler,
             self.num_images,
             self.size_preset,
         )
         for w in widgets:
             w.blockSignals(True)
-        self.steps.setValue(s.steps)
-        self.guidance.setValue(s.guidance)
-        self.seed.setValue(s.seed)
+        self.steps.show_value(s.steps)
+        self.guidance.show_value(s.guidance)
+        self.seed.show_value(s.seed)
         self.lock.setChecked(s.seed_locked)
-        self.width.setValue(s.width)
-        self.height.setValue(s.height)
+        self.width_box.show_value(s.width)
+        self.height_box.show_value(s.height)
         self.scheduler.setCurrentIndex(max(0, self.scheduler.findData(s.scheduler)))
-        self.num_images.setValue(s.num_images)
-        index = self.size_preset.findData((s.width, s.height))
+        self.num_images.show_value(s.num_images)
+        index = self.size_preset.findData(_size_key(s.width, s.height))
         self.size_preset.setCurrentIndex(index if index >= 0 else self.size_preset.count() - 1)
         for w in widgets:
             w.blockSignals(False)
 
 
 def _multiple_of_8(value: int) -> int:
-    return max(64, round(value / 8) * 8)
+    low, high = _ints("width")
+    return min(max(low, round(value / 8) * 8), high)
+
+
+def _size_key(width: int, height: int) -> str:
+    # Text, not a tuple: a combo box compares item data as variants, and two Python tuples are
+    # never equal there, which showed "Custom size" at 512 × 512.
+    return f"{width}x{height}"
+
+
+def _ints(name: str) -> tuple[int, int]:
+    low, high = LIMITS[name]
+    return int(low), int(high)

@@ -21,7 +21,6 @@ from typing import Any
 from PySide6.QtCore import QThread, QUrl, Signal
 from PySide6.QtGui import QDesktopServices
 from PySide6.QtWidgets import (
-    QFileDialog,
     QFrame,
     QGridLayout,
     QHBoxLayout,
@@ -36,6 +35,7 @@ from PySide6.QtWidgets import (
 )
 
 from ipa_studio.core.errors import Cancelled
+from ipa_studio.gui import dialogs
 from ipa_studio.gui.errors import describe_error
 from ipa_studio.gui.library import LibrarySnapshot, LibraryWorker
 from ipa_studio.gui.model_check import KINDS, Check, check_model
@@ -463,23 +463,25 @@ class SetupPanel(QScrollArea):
     # ------------------------------------------------------------------ choosing
     def choose(self, kind: str, single_file: bool = False) -> None:
         title = f"Choose the {KIND_TEXT[kind][0].lower()}"
-        start = self.paths()[kind] or str(self.models_dir)
+        what = KIND_TEXT[kind][0].lower()
+        current = self.paths()[kind]
+        start = Path(current).parent if current else self.models_dir
         if kind == "adapter":
-            path, _ = QFileDialog.getOpenFileName(
-                self, title, start, "IP-Adapter (*.safetensors *.bin *.pth);;All files (*)"
+            path = dialogs.open_file(
+                self, what, title, "IP-Adapter (*.safetensors *.bin *.pth);;All files (*)", start
             )
         elif kind == "base" and single_file:
-            path, _ = QFileDialog.getOpenFileName(
-                self, title, start, "SD1.5 checkpoint (*.safetensors *.ckpt);;All files (*)"
+            path = dialogs.open_file(
+                self, what + " file", title, "SD1.5 checkpoint (*.safetensors *.ckpt);;All files (*)", start
             )
         else:
-            path = QFileDialog.getExistingDirectory(self, title, start)
+            path = dialogs.open_folder(self, what, title, start)
         if path:
             self.set_path(kind, path)
 
     def _choose_models_dir(self) -> None:
-        path = QFileDialog.getExistingDirectory(
-            self, "Where should downloaded models go?", str(self.models_dir)
+        path = dialogs.open_folder(
+            self, "models folder", "Where should downloaded models go?", current=self.models_dir
         )
         if path:
             self.models_dir = Path(path)
@@ -487,8 +489,8 @@ class SetupPanel(QScrollArea):
             self.refresh()
 
     def _choose_outputs_dir(self) -> None:
-        path = QFileDialog.getExistingDirectory(
-            self, "Where should pictures be saved?", str(self.outputs_dir)
+        path = dialogs.open_folder(
+            self, "outputs folder", "Where should pictures be saved?", current=self.outputs_dir
         )
         if path:
             self.set_outputs_dir(Path(path))

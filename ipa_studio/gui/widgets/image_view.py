@@ -31,6 +31,9 @@ class ZoomableView(QGraphicsView):
     def has_image(self) -> bool:
         raise NotImplementedError
 
+    def placeholder(self) -> str:
+        return self._placeholder
+
     def set_placeholder(self, text: str) -> None:
         self._placeholder = text
         self.viewport().update()
