@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ipa_studio.core.foreign_metadata import ForeignSettings
-from ipa_studio.gui.state import SEED_LIMIT, ViewState
+from ipa_studio.gui.state import SEED_LIMIT, ViewState, within_limits
 
 
 def find_base_model(
@@ -52,16 +52,19 @@ def apply_foreign_settings(
         state.set("negative_prompt", s.negative_prompt)
     if s.seed is not None:
         if 0 <= s.seed <= SEED_LIMIT:
-            state.set("seed", s.seed)
-            state.set("seed_locked", True)
+            # As Reuse settings: the next picture uses this seed; later ones are the person's choice.
+            state.choose_seed(s.seed)
         else:
             notes.append(f"Its seed, {s.seed}, is outside what IPA Studio can use; a new one will be drawn.")
     if s.steps is not None:
-        state.set("steps", min(max(s.steps, 1), 150))
+        state.set("steps", int(within_limits("steps", s.steps)))
     if s.guidance is not None:
-        state.set("guidance", round(min(max(s.guidance, 0.0), 30.0), 2))
+        state.set("guidance", round(within_limits("guidance", s.guidance), 2))
     if s.width and s.height:
-        size = tuple(min(max(round(v / 8) * 8, 64), 2048) for v in (s.width, s.height))
+        size = (
+            int(within_limits("width", round(s.width / 8) * 8)),
+            int(within_limits("height", round(s.height / 8) * 8)),
+        )
         state.set("width", size[0])
         state.set("height", size[1])
         if size != (s.width, s.height):

@@ -552,6 +552,11 @@ def _init_value(name: str, value: object) -> object:
     return max(0, int(value))  # type: ignore[call-overload]
 
 
+def within_limits(name: str, value: float) -> float:
+    """``value`` brought inside the window's range for the setting ``name`` (see ``LIMITS``)."""
+    return _clamp(value, *LIMITS[name])
+
+
 def _clamp(value: float, low: float, high: float) -> float:
     if isinstance(value, float) and not math.isfinite(value):
         return low

@@ -97,10 +97,12 @@ def shown(window: MainWindow) -> tuple:
         int(s.seed.value()),
         s.steps.value(),
         s.guidance.value(),
-        s.width.value(),
-        s.height.value(),
+        s.width_box.value(),
+        s.height_box.value(),
         s.scheduler.currentText(),
         s.lock.isChecked(),
+        # As Reuse settings: the picture's seed is used by the next generation, not locked.
+        window.state.seed_for_next,
     )
 
 
@@ -133,6 +135,7 @@ def test_dropped_a1111_picture_fills_the_panels_and_finds_the_model_by_hash(
         512,
         768,
         "DPM++ 2M",
+        False,
         True,
     )
     assert window.state.models.base == str(tiny_sd15.resolve())
@@ -156,6 +159,7 @@ def test_dropped_comfyui_and_invokeai_pictures_fill_the_panels(window: MainWindo
         576,
         448,
         "Euler a",
+        False,
         True,
     )
     assert "Its model, dreamshaper_8, is not in your model library" in window.banner.text()
@@ -171,6 +175,7 @@ def test_dropped_comfyui_and_invokeai_pictures_fill_the_panels(window: MainWindo
         512,
         640,
         "DPM++ 2M",
+        False,
         True,
     )
 
