@@ -133,3 +133,100 @@ def test_a_truncated_pickle_is_called_damaged_not_unsafe(tmp_path: Path) -> None
     with pytest.raises(ModelFileError, match="truncated or damaged") as info:
         load_weights(path)
     assert not isinstance(info.value, UnsafeFileError)
+
+
+# ------------------------------------------------------------------ detection calling broken files usable
+
+
+def _valid_header() -> dict:
+    return {
+        "__metadata__": {"format": "pt"},
+        "a": {"dtype": "F32", "shape": [2, 3], "data_offsets": [0, 24]},
+        "b": {"dtype": "F16", "shape": [4], "data_offsets": [24, 32]},
+        "c": {"dtype": "I64", "shape": [1], "data_offsets": [32, 40]},
+    }
+
+
+@pytest.mark.parametrize(
+    ("change", "words"),
+    [
+        (lambda h: h["b"].update(data_offsets=[20, 28]), "overlap"),
+        (lambda h: h["b"].update(dtype="F7"), "unknown dtype 'F7'"),
+        (lambda h: h["a"].update(shape=[2, 4]), "F32 [2, 4] = 32 bytes, but its data offsets span 24"),
+        (lambda h: h["c"].update(data_offsets=[32, 48], shape=[2]), "is truncated"),
+        (lambda h: h.update(__metadata__=["not", "a", "table"]), "__metadata__ is not a table of texts"),
+        (lambda h: h.update(__metadata__={"step": 5}), "__metadata__ is not a table of texts"),
+        (lambda h: h.update(a="F32"), "entry for tensor 'a' is not a table"),
+        (lambda h: h["a"].update(shape=[-2, -3]), "invalid shape"),
+        (lambda h: h["c"].update(data_offsets=[40, 32]), "run backwards"),
+    ],
+)
+def test_broken_safetensors_headers_are_not_called_usable(tmp_path: Path, change, words: str) -> None:
+    from safetensors.torch import load_file
+
+    header = _valid_header()
+    change(header)
+    path = hostile.write_safetensors_header(tmp_path / "broken.safetensors", header, data_len=40)
+    found = detect(path)
+    assert not found.usable and found.kind == "invalid" and words in found.reason, found.reason
+    with pytest.raises(Exception):  # noqa: B017, PT011 - the independent reader refuses it too
+        load_file(str(path))
+
+
+def test_header_validation_agrees_with_the_safetensors_reader_on_random_damage(tmp_path: Path) -> None:
+    """Random damage to a header written by safetensors itself: our header check and the safetensors
+    reader (the independent one the loader uses) accept and refuse exactly the same files."""
+    import random
+
+    from safetensors.torch import load_file, save_file
+
+    from ipa_studio.core.models.detect import read_safetensors_header
+
+    good = tmp_path / "good.safetensors"
+    save_file({"a": torch.ones(2, 3), "b": torch.ones(4).half(), "c": torch.ones(1, dtype=torch.long)}, good)
+    raw = good.read_bytes()
+    n = int.from_bytes(raw[:8], "little")
+    base_header, data = json.loads(raw[8 : 8 + n]), raw[8 + n :]
+    rng = random.Random(15)
+    dtypes = ["F32", "F16", "BF16", "I64", "U8", "BOOL", "F64", "F7", "Q4", ""]
+    agree = refused = 0
+    for case in range(300):
+        header = json.loads(json.dumps(base_header))
+        payload = data
+        for _ in range(rng.randint(1, 3)):
+            name = rng.choice(["a", "b", "c"])
+            what = rng.randrange(6)
+            if not isinstance(header[name], dict) or "shape" not in header[name]:
+                continue  # already replaced by something that is not an entry
+            if what == 0:
+                header[name]["dtype"] = rng.choice(dtypes)
+            elif what == 1:
+                header[name]["shape"] = [max(0, d + rng.choice([-1, 0, 1])) for d in header[name]["shape"]]
+            elif what == 2:
+                i = rng.randrange(2)
+                header[name]["data_offsets"][i] = max(
+                    0, header[name]["data_offsets"][i] + rng.choice([-8, -2, 2, 8])
+                )
+            elif what == 3:
+                payload = payload + b"\0" * rng.choice([1, 8]) if rng.random() < 0.5 else payload[:-4]
+            elif what == 4:
+                header["__metadata__"] = rng.choice([None, {"k": "v"}, {"k": 1}, [], "text"])
+            else:
+                header[name] = rng.choice([None, [], {"dtype": "F32"}, header[name]])
+        path = tmp_path / f"case{case}.safetensors"
+        head = json.dumps(header).encode()
+        path.write_bytes(len(head).to_bytes(8, "little") + head + payload)
+        try:
+            load_file(str(path))
+            reader_ok = True
+        except Exception:  # noqa: BLE001 - any refusal by the reader counts
+            reader_ok = False
+        try:
+            read_safetensors_header(path)
+            ours_ok = True
+        except ModelFileError:
+            ours_ok = False
+        assert ours_ok == reader_ok, (case, header, len(payload))
+        agree += 1
+        refused += not ours_ok
+    assert agree == 300 and 100 < refused < 300  # the damage was varied: some files stay readable
