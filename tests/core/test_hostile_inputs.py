@@ -230,3 +230,251 @@ def test_header_validation_agrees_with_the_safetensors_reader_on_random_damage(t
         agree += 1
         refused += not ours_ok
     assert agree == 300 and 100 < refused < 300  # the damage was varied: some files stay readable
+
+
+# ------------------------------------------------------------------------ data loss in the model library
+
+
+def _small_model(path: Path) -> Path:
+    from safetensors.torch import save_file
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({"w": torch.zeros(4)}, str(path))
+    return path
+
+
+_WRITER = """
+import sys
+from pathlib import Path
+from ipa_studio.core.models.library import ModelLibrary
+
+root, tag, rounds = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+library = ModelLibrary(root)
+for i in range(rounds):
+    library.add(root.parent / "src" / f"{tag}-{i}.safetensors", hash_files=False)
+    if tag == "b" and i % 4 == 0:
+        library.verify()  # hashes every entry, then records the hashes
+    if tag == "a" and i % 4 == 0:
+        library.refresh(hash_new=False)
+print("done")
+"""
+
+
+def test_concurrent_library_writers_lose_nothing(tmp_path: Path) -> None:
+    rounds = 30
+    for tag in "ab":
+        for i in range(rounds):
+            _small_model(tmp_path / "src" / f"{tag}-{i}.safetensors")
+    root = tmp_path / "models"
+    script = tmp_path / "writer.py"
+    script.write_text(_WRITER)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    children = [
+        subprocess.Popen(
+            [sys.executable, str(script), str(root), tag, str(rounds)],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for tag in "ab"
+    ]
+    for child in children:
+        out, err = child.communicate(timeout=300)
+        assert child.returncode == 0 and "done" in out, err[-3000:]
+    from ipa_studio.core.models.library import ModelLibrary
+
+    names = sorted(e.name for e in ModelLibrary(root).entries())
+    assert names == sorted(f"{tag}-{i}" for tag in "ab" for i in range(rounds))
+
+
+def test_verify_records_hashes_into_the_index_as_it_is_then(tmp_path: Path, monkeypatch) -> None:
+    """An entry added while verify hashes is kept (verify used to write back its stale copy)."""
+    from ipa_studio.core.models import library as library_module
+
+    library = library_module.ModelLibrary(tmp_path / "models")
+    library.add(_small_model(tmp_path / "one.safetensors"), hash_files=False)
+    real_sha = library_module.sha256_of
+
+    def sha_while_someone_adds(path, *args, **kwargs):
+        other = library_module.ModelLibrary(library.root)
+        other.add(_small_model(tmp_path / "two.safetensors"), hash_files=False)
+        return real_sha(path, *args, **kwargs)
+
+    monkeypatch.setattr(library_module, "sha256_of", sha_while_someone_adds)
+    (result,) = library.verify()
+    monkeypatch.undo()
+    assert result.ok
+    entries = {e.name: e for e in library.entries()}
+    assert set(entries) == {"one", "two"} and entries["one"].sha256 is not None
+
+
+def test_the_models_folder_itself_is_never_added_or_deleted(tmp_path: Path) -> None:
+    from ipa_studio.core.models.library import LibraryError, ModelLibrary
+
+    library = ModelLibrary(tmp_path / "models")
+    kept = _small_model(library.root / "kept.safetensors")
+    with pytest.raises(LibraryError, match="is the models folder itself"):
+        library.add(library.root)
+    # An index that says so anyway (hand-edited, or written by an older version) deletes nothing.
+    library.add(kept)
+    data = json.loads(library.index_path.read_text())
+    root_entry = {**data["entries"][0], "path": str(library.root), "owned": True}
+    data["entries"] += [{**root_entry, "name": "everything"}, {**root_entry, "name": "forced"}]
+    library.index_path.write_text(json.dumps(data))
+    library.remove("everything")
+    with pytest.raises(LibraryError, match="it is the models folder itself"):
+        library.remove("forced", delete_files=True)
+    assert kept.exists() and {e.name for e in library.entries()} == {"kept", "forced"}
+
+
+def test_remove_in_a_copied_library_never_deletes_the_original_librarys_files(tmp_path: Path) -> None:
+    from ipa_studio.core.models.library import LibraryError, ModelLibrary
+
+    original = ModelLibrary(tmp_path / "original")
+    entry = original.add(_small_model(tmp_path / "a.safetensors"), copy=True)
+    assert entry.owned and entry.path.parent == original.root.resolve()
+    copy = ModelLibrary(tmp_path / "copy")
+    copy.root.mkdir()
+    (copy.root / "library.json").write_text(original.index_path.read_text())  # "owned": true inside
+    with pytest.raises(LibraryError, match="only files inside its models folder"):
+        copy.remove("a", delete_files=True)
+    assert [e.name for e in copy.entries()] == ["a"]  # refused before anything changed
+    copy.remove("a")
+    assert entry.path.exists() and copy.entries() == [] and [e.name for e in original.entries()] == ["a"]
+
+
+def test_remove_judges_symlinks_by_where_the_link_itself_lies(tmp_path: Path) -> None:
+    from ipa_studio.core.models.library import ModelLibrary
+
+    library = ModelLibrary(tmp_path / "models")
+    outside = _small_model(tmp_path / "outside" / "model.safetensors")
+    library.root.mkdir()
+    link = library.root / "link.safetensors"
+    link.symlink_to(outside)
+    (library.root / "linked-folder").symlink_to(outside.parent, target_is_directory=True)
+    library.refresh(hash_new=False)
+    through_folder = library.add(library.root / "linked-folder" / "model.safetensors", name="via-folder")
+    library.remove("via-folder")  # resolves outside the models folder: forgotten, not deleted
+    assert outside.exists() and through_folder.path == outside.resolve()
+    library.add(link, name="link")
+    # refresh and add store resolved paths; an index written by hand may hold the link itself
+    data = json.loads(library.index_path.read_text())
+    for raw in data["entries"]:
+        if raw["name"] == "link":
+            raw["path"] = str(link)
+    library.index_path.write_text(json.dumps(data))
+    library.remove("link")
+    assert not link.is_symlink() and outside.exists()  # the link went, its target stayed
+
+
+def test_an_interrupted_conversion_leaves_no_orphans_after_the_next_start(tmp_path: Path) -> None:
+    from ipa_studio.core import files
+    from ipa_studio.core.models.library import ModelLibrary
+
+    source = tmp_path / "model.ckpt"
+    torch.save({"state_dict": {"w": torch.zeros(64, 64)}}, source)
+    root = tmp_path / "models"
+    child = _run_child(
+        f"""
+        import os, signal
+        import safetensors.torch
+        from ipa_studio.core.models.library import ModelLibrary
+
+        def save_then_die(tensors, filename, metadata=None):
+            with open(filename, "wb") as f:
+                f.write(b"partial" * 1000)
+            os.kill(os.getpid(), signal.SIGKILL)  # kill -9 in the middle of the write
+
+        safetensors.torch.save_file = save_then_die
+        ModelLibrary({str(root)!r}).add({str(source)!r}, convert=True)
+        """
+    )
+    assert child.returncode == -9
+    left = [p.name for p in root.iterdir() if files.is_temp_name(p.name)]
+    assert left, "the child did not get as far as writing"
+    # A live process's partial file is never taken for an orphan.
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        live_tmp = root / f".other.safetensors.ipa-{files._HOST}-{live.pid}-abcd{files.TEMP_SUFFIX}"
+        live_tmp.write_bytes(b"being written")
+        ModelLibrary(root)  # the next start
+        assert sorted(p.name for p in root.iterdir() if files.is_temp_name(p.name)) == [live_tmp.name]
+        assert not (root / "model.safetensors").exists() and ModelLibrary(root).entries() == []
+    finally:
+        live.kill()
+        live.wait()
+    ModelLibrary(root).refresh()  # once its process is gone, the next scan removes it too
+    assert not live_tmp.exists()
+
+
+def _enospc(*args, **kwargs):
+    raise OSError(28, "No space left on device")
+
+
+def test_a_full_disk_during_add_leaves_nothing_half_written_and_says_so(tmp_path: Path, monkeypatch) -> None:
+    import shutil
+
+    import safetensors.torch
+
+    from ipa_studio.core.models.library import LibraryError, ModelLibrary
+
+    library = ModelLibrary(tmp_path / "models")
+    library.add(_small_model(tmp_path / "first.safetensors"))
+    index_before = library.index_path.read_bytes()
+    big = _small_model(tmp_path / "big.safetensors")
+
+    def copy_half_then_fail(src, dst, *args, **kwargs):
+        Path(dst).write_bytes(Path(src).read_bytes()[:10])
+        raise OSError(28, "No space left on device")
+
+    def save_half_then_fail(tensors, filename, metadata=None):
+        Path(filename).write_bytes(b"half")
+        raise safetensors.SafetensorError("Error while serializing: I/O error: No space left (os error 28)")
+
+    source = tmp_path / "model.ckpt"
+    torch.save({"state_dict": {"w": torch.zeros(8)}}, source)
+    attempts = [
+        ("copy", lambda: library.add(big, copy=True), (shutil, "copy2", copy_half_then_fail)),
+        (
+            "convert",
+            lambda: library.add(source, convert=True),
+            (safetensors.torch, "save_file", save_half_then_fail),
+        ),
+        ("index", lambda: library.add(big), (os, "fsync", _enospc)),
+    ]
+    for label, attempt, (module, attr, fake) in attempts:
+        with monkeypatch.context() as patch:
+            patch.setattr(module, attr, fake)
+            with pytest.raises(LibraryError, match="not enough free space") as info:
+                attempt()
+        assert "Nothing was added" in str(info.value) or "unchanged" in str(info.value), label
+        assert sorted(p.name for p in library.root.iterdir()) == [".library.lock", "library.json"], label
+        assert library.index_path.read_bytes() == index_before, label
+
+
+@pytest.mark.parametrize(
+    ("index", "words"),
+    [
+        ("[]", "holds a list instead of a table"),
+        ("null", "holds null instead of a table"),
+        ('{"entries": {"a": 1}}', "its 'entries' is a table, not a list"),
+        ('{"entries": [5]}', "entry number 1: it is a number, not a table"),
+        ('{"entries": [{"name": "x"}]}', "entry 'x': it has no 'path'"),
+        ('{"folders": [3]}', "its 'folders' list holds something other than paths"),
+        ('{"entries": [' + "[" * 100_000 + "]" * 100_000 + "]}", "is damaged"),
+    ],
+    ids=["list", "null", "entries-table", "entry-number", "entry-no-path", "folders-numbers", "deep"],
+)
+def test_a_wrong_shaped_library_index_is_a_message_not_a_traceback(
+    tmp_path: Path, capsys, index: str, words: str
+) -> None:
+    from ipa_studio.cli import main
+
+    root = tmp_path / "models"
+    root.mkdir()
+    (root / "library.json").write_text(index)
+    assert main(["models", "--library", str(root), "list"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: The model library index") and words in err and "Traceback" not in err
+    assert (root / "library.json").read_text() == index  # never overwritten
