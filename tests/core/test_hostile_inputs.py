@@ -478,3 +478,90 @@ def test_a_wrong_shaped_library_index_is_a_message_not_a_traceback(
     err = capsys.readouterr().err
     assert err.startswith("error: The model library index") and words in err and "Traceback" not in err
     assert (root / "library.json").read_text() == index  # never overwritten
+
+
+# ------------------------------------------------------------------ silently wrong results, tracebacks
+
+
+def _adapter_mutations(state: dict[str, torch.Tensor]) -> list[tuple[str, dict[str, torch.Tensor], bool]]:
+    """(label, mutated flat state, must be refused) for one official flat adapter state."""
+    import random
+
+    rng = random.Random(7)
+    keys = sorted(state)
+    proj_key = next(k for k in keys if k.startswith("image_proj.") and state[k].ndim == 2)
+    out: list[tuple[str, dict[str, torch.Tensor], bool]] = []
+
+    def changed(**items: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        new = dict(state)
+        for key, value in items.items():
+            if value is None:
+                new.pop(key)
+            else:
+                new[key] = value
+        return new
+
+    for key in rng.sample(keys, 6):
+        out.append((f"without {key}", changed(**{key: None}), False))
+        out.append((f"{key} empty", changed(**{key: torch.zeros(0, *state[key].shape[1:])}), True))
+        out.append((f"{key} 1-D", changed(**{key: state[key].flatten()}), False))
+        out.append((f"{key} 0-D", changed(**{key: torch.tensor(1.0)}), False))
+    nan, inf = state[proj_key].clone(), state["ip_adapter.1.to_v_ip.weight"].clone()
+    nan[0, 0], inf[-1, -1] = float("nan"), float("inf")
+    out += [
+        ("NaN", changed(**{proj_key: nan}), True),
+        ("Inf", changed(**{"ip_adapter.1.to_v_ip.weight": inf}), True),
+        ("extra projection key", changed(**{"image_proj.extra.weight": torch.ones(2, 2)}), True),
+        ("extra layer bias", changed(**{"ip_adapter.1.to_k_ip.bias": torch.ones(2)}), True),
+        ("extra odd key", changed(**{"ip_adapter.foo.weight": torch.ones(2, 2)}), True),
+        ("zero-size extra key", changed(**{"ip_adapter.3.to_k_ip.zero": torch.zeros(0)}), True),
+    ]
+    return out
+
+
+@pytest.mark.parametrize("variant", ["global", "plus", "full"])
+def test_damaged_adapter_checkpoints_get_a_message_never_a_traceback(
+    tmp_path: Path, tiny_adapters: dict, variant: str
+) -> None:
+    from safetensors.torch import load_file, save_file
+
+    from ipa_studio.core.adapter import IPAdapter, read_checkpoint
+    from ipa_studio.core.errors import IPAStudioError
+
+    state = load_file(str(tiny_adapters[(variant, "safetensors")]))
+    for number, (label, mutated, must_refuse) in enumerate(_adapter_mutations(state)):
+        path = tmp_path / f"case{number}.safetensors"
+        save_file(mutated, str(path))
+        found = detect(path)  # never raises
+        try:
+            IPAdapter(read_checkpoint(path))
+            refused = None
+        except IPAStudioError as exc:
+            refused = str(exc)
+        if must_refuse:
+            assert refused and f"'{path.name}'" in refused, (label, refused)
+        if label in ("NaN", "Inf"):
+            assert "NaN or infinite" in refused and ("'image_proj." in refused or "'ip_adapter.1." in refused)
+        if "empty" in label or "zero-size" in label:
+            assert not found.usable and "empty" in found.reason, (label, found.reason)
+
+
+def test_nan_in_an_adapter_is_refused_at_load_naming_file_and_tensor(
+    tmp_path: Path, tiny_adapters: dict
+) -> None:
+    from ipa_studio.core.adapter import read_checkpoint
+
+    state = torch.load(tiny_adapters[("global", "bin")], weights_only=True)
+    state["ip_adapter"]["5.to_k_ip.weight"][3, 1] = float("nan")
+    path = tmp_path / "nan-adapter.bin"
+    torch.save(state, path)
+    with pytest.raises(ModelFileError) as info:
+        read_checkpoint(path)
+    assert str(info.value).startswith(
+        "'nan-adapter.bin' is damaged: its tensor 'ip_adapter.5.to_k_ip.weight' holds 1 NaN"
+    )
+    state["image_proj"]["proj.weight"] = "not a tensor"
+    torch.save(state, path)
+    with pytest.raises(ModelFileError, match="'image_proj.proj.weight' is not a tensor"):
+        read_checkpoint(path)
+

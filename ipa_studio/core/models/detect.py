@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import struct
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -412,14 +413,22 @@ def _classify_adapter(path: Path, shapes: Mapping[str, tuple[int, ...]], fmt: st
         for k, s in shapes.items()
         if k.startswith("image_proj.")
     }
+    empty = next((k for k, s in shapes.items() if math.prod(s) == 0), None)
+    if empty is not None:
+        reason = f"it is damaged: its tensor '{empty}' is empty (shape {list(shapes[empty])})"
+        return _make(path, "adapter", "IP-Adapter (damaged)", reason, fmt)
     try:
         variant, cross, width, tokens = _detect(image_proj, path.name)
     except ModelFileError as exc:
         text = str(exc).removeprefix(f"'{path.name}' ").removeprefix("is ").rstrip(".")
         return _make(path, "adapter", "IP-Adapter (unsupported kind)", text, fmt)
-    layers = sorted(
-        int(k.split(".")[1]) for k in shapes if k.startswith("ip_adapter.") and k.endswith(".to_k_ip.weight")
-    )
+    ip_keys = [k for k in shapes if k.startswith("ip_adapter.")]
+    layer_key = re.compile(r"^ip_adapter\.(\d+)\.to_[kv]_ip\.weight$")
+    odd = next((k for k in ip_keys if not layer_key.match(k) or len(shapes[k]) != 2), None)
+    if odd is not None:
+        reason = f"it is damaged: '{odd}' is not a 2-D image-attention weight of the official layout"
+        return _make(path, "adapter", "IP-Adapter (damaged)", reason, fmt)
+    layers = sorted(int(k.split(".")[1]) for k in ip_keys if k.endswith(".to_k_ip.weight"))
     ip_cross = {shapes[f"ip_adapter.{i}.to_k_ip.weight"][-1] for i in layers}
     family = _TEXT_WIDTH_FAMILY.get(cross)
     hidden = variant != "global"
