@@ -565,3 +565,68 @@ def test_nan_in_an_adapter_is_refused_at_load_naming_file_and_tensor(
     with pytest.raises(ModelFileError, match="'image_proj.proj.weight' is not a tensor"):
         read_checkpoint(path)
 
+
+def _drop_one_tensor(weights: Path) -> str:
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(str(weights))
+    dropped = sorted(state)[len(state) // 2]
+    del state[dropped]
+    save_file(state, str(weights))
+    return dropped
+
+
+def test_an_image_encoder_folder_missing_a_tensor_is_refused(
+    tmp_path: Path, tiny_image_encoder: Path
+) -> None:
+    """transformers fills a missing tensor with random values and carries on; that is refused."""
+    import shutil
+
+    from ipa_studio.core.models.loader import load_image_encoder
+
+    folder = Path(shutil.copytree(tiny_image_encoder, tmp_path / "image_encoder"))
+    dropped = _drop_one_tensor(folder / "model.safetensors")
+    with pytest.raises(ModelFileError, match="is incomplete") as info:
+        load_image_encoder(folder, torch.device("cpu"), torch.float32)
+    assert dropped in str(info.value) and "random values" in str(info.value)
+
+
+def test_a_diffusers_folder_missing_a_tensor_is_refused_before_generation(
+    tmp_path: Path, tiny_sd15: Path
+) -> None:
+    """diffusers leaves a missing tensor on the meta device; generation then failed with
+    "Tensor on device meta is not on the expected device"."""
+    import shutil
+
+    from ipa_studio.core.models.loader import load_base_model
+
+    folder = Path(shutil.copytree(tiny_sd15, tmp_path / "sd15"))
+    dropped = _drop_one_tensor(folder / "unet" / "diffusion_pytorch_model.safetensors")
+    with pytest.raises(ModelFileError, match=r"The UNet in .* is incomplete") as info:
+        load_base_model(folder, torch.device("cpu"), torch.float32)
+    assert dropped in str(info.value)
+
+
+@pytest.mark.parametrize("payload", ["code", "bomb"])
+def test_a_hostile_pytorch_model_bin_in_an_image_encoder_folder_gets_our_refusal(
+    tmp_path: Path, tiny_image_encoder: Path, payload: str
+) -> None:
+    import shutil
+
+    from ipa_studio.core.models.loader import load_image_encoder
+    from tests.fixtures.malicious import write_malicious_pickle
+
+    folder = tmp_path / "image_encoder"
+    folder.mkdir()
+    shutil.copy(tiny_image_encoder / "config.json", folder)
+    marker = tmp_path / "code-ran"
+    if payload == "code":
+        write_malicious_pickle(folder / "pytorch_model.bin", marker)
+    else:
+        hostile.write_torch_zip(folder / "pytorch_model.bin", hostile.billion_laughs())
+    with pytest.raises(UnsafeFileError) as info:
+        load_image_encoder(folder, torch.device("cpu"), torch.float32)
+    message = str(info.value)
+    # torch's own message tells the user to retry with weights_only=False, which would run the code.
+    assert "weights_only" not in message and "pytorch_model.bin" in message
+    assert not marker.exists()
