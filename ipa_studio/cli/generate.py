@@ -187,6 +187,20 @@ def output_paths(out: Path, count: int) -> list[Path]:
     return [out.with_name(f"{out.stem}_{i + 1}{out.suffix}") for i in range(count)]
 
 
+def check_outputs(out: Path, targets: list[Path]) -> None:
+    """Refuse output paths that cannot take a picture, before any model is loaded."""
+    from ipa_studio.core.errors import RequestError
+
+    for path in (out, *targets):
+        if path.is_dir():
+            raise RequestError(
+                f"--out '{out}' names a folder ('{path}' exists and is one); give the picture's file "
+                f"name, for example --out {out / 'picture.png'}"
+            )
+    if not targets[0].parent.is_dir():
+        raise SystemExit(f"error: the output folder '{targets[0].parent}' does not exist")
+
+
 def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     # Heavy imports only once the arguments are known good, so --help stays instant.
     import torch
@@ -198,8 +212,7 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
     request = request_from_args(args, parser)
     targets = output_paths(args.out, request.num_images)
-    if not targets[0].parent.is_dir():
-        raise SystemExit(f"error: the output folder '{targets[0].parent}' does not exist")
+    check_outputs(args.out, targets)
     print(f"seed {request.seed}", file=sys.stderr)
     dtype = getattr(torch, PRECISIONS[args.precision]) if args.precision else None
     engine = Engine(device=args.device, dtype=dtype)

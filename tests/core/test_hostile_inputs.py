@@ -630,3 +630,148 @@ def test_a_hostile_pytorch_model_bin_in_an_image_encoder_folder_gets_our_refusal
     # torch's own message tells the user to retry with weights_only=False, which would run the code.
     assert "weights_only" not in message and "pytorch_model.bin" in message
     assert not marker.exists()
+
+
+# ------------------------------------------------------------------------ special files, huge strips
+
+
+def test_fifos_and_devices_are_refused_before_they_are_opened(tmp_path: Path) -> None:
+    """Opening a FIFO blocks until someone writes to it; before the check, `inspect`, `add` and a
+    FIFO given as a reference image hung. A child process with a time limit turns a hang into a failure."""
+    fifo_image, fifo_model = tmp_path / "ref.png", tmp_path / "model.safetensors"
+    os.mkfifo(fifo_image)
+    os.mkfifo(fifo_model)
+    zero = tmp_path / "zero.ckpt"
+    zero.symlink_to("/dev/zero")
+    child = _run_child(
+        f"""
+        import json
+        from ipa_studio.cli import main
+        from ipa_studio.core.errors import IPAStudioError
+        from ipa_studio.core.images import load_image
+        from ipa_studio.core.models.detect import detect
+        from ipa_studio.core.models.library import ModelLibrary
+        out = {{}}
+        for label, call in [
+            ("image", lambda: load_image({str(fifo_image)!r})),
+            ("add", lambda: ModelLibrary({str(tmp_path / "models")!r}).add({str(fifo_model)!r})),
+        ]:
+            try:
+                call()
+                out[label] = "accepted"
+            except IPAStudioError as exc:
+                out[label] = str(exc)
+        out["detect"] = detect({str(fifo_model)!r}).reason
+        out["device"] = detect({str(zero)!r}).reason
+        out["inspect"] = main(["models", "inspect", {str(fifo_model)!r}])
+        print(json.dumps(out))
+        """,
+        timeout=60,
+    )
+    assert child.returncode == 0, child.stderr[-2000:]
+    out = json.loads(child.stdout.splitlines()[-1])
+    assert "is a named pipe (FIFO), not an image file" in out["image"]
+    assert "is a named pipe (FIFO), not a model file or folder" in out["add"]
+    assert "is a named pipe (FIFO), not a weight file" in out["detect"]
+    assert "is a character device, not a weight file" in out["device"]
+    assert out["inspect"] == 1
+
+
+def test_a_long_thin_strip_is_refused_before_any_resize(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from ipa_studio.core.errors import ImageInputError
+    from ipa_studio.core.images import encoder_crop, load_image
+
+    strip = tmp_path / "strip.png"
+    Image.new("L", (3_000_000, 1)).save(strip)  # 3 megapixels: under the pixel limit
+    for call in (
+        lambda: load_image(strip),
+        lambda: encoder_crop(strip),
+        lambda: load_image(Image.open(strip)),
+    ):
+        with pytest.raises(
+            ImageInputError, match=r"3000000×1 pixels: one side is 3,000,000 times the other.*100:1"
+        ):
+            call()
+    wide = Image.new("RGB", (2000, 25))  # 80:1, a wide panorama, still fine
+    assert load_image(wide).size == (2000, 25)
+
+
+def test_out_naming_an_existing_folder_is_refused_before_any_model_loads(tmp_path: Path, capsys) -> None:
+    from ipa_studio.cli import main
+
+    folder = tmp_path / "results"
+    folder.mkdir()
+    (tmp_path / "results.png").mkdir()  # the name --out results would have become
+    args = ["generate", "--model", str(tmp_path / "no-such-model"), "--steps", "2", "--seed", "1"]
+    for out in (folder, tmp_path / "results.png"):
+        assert main([*args, "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert "names a folder" in err and "picture.png" in err
+    assert list(folder.iterdir()) == []
+
+
+def test_sigterm_while_the_png_is_written_leaves_no_tmp(
+    tmp_path: Path, tiny_sd15: Path, tiny_adapters: dict, tiny_image_encoder: Path
+) -> None:
+    from ipa_studio.core import files
+    from ipa_studio.core.models.tiny import make_reference_image
+
+    ref = tmp_path / "ref.png"
+    make_reference_image(1, (64, 64)).save(ref)
+    out = tmp_path / "out" / "picture.png"
+    out.parent.mkdir()
+    ready = tmp_path / "writing"
+    script = f"""
+        import time
+        from pathlib import Path
+        from PIL import Image
+        from ipa_studio.cli import main
+
+        real_save = Image.Image.save
+
+        def slow_save(self, fp, *args, **kwargs):
+            fp.write(b"\\x89PNG partial")
+            fp.flush()
+            Path({str(ready)!r}).touch()
+            time.sleep(60)  # SIGTERM arrives here, halfway through the write
+
+        Image.Image.save = slow_save
+        main(["generate", "--model", {str(tiny_sd15)!r},
+              "--adapter", {str(tiny_adapters[("global", "safetensors")])!r},
+              "--image-encoder", {str(tiny_image_encoder)!r},
+              "--ref", {str(ref)!r}, "--steps", "1", "--seed", "1", "--width", "64", "--height", "64",
+              "--quiet", "--out", {str(out)!r}])
+    """
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    child = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(script)], env=env, stderr=subprocess.PIPE, text=True
+    )
+    import signal
+    import time
+
+    deadline = time.monotonic() + 120
+    while not ready.exists() and child.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert ready.exists(), child.stderr.read() if child.poll() is not None else "timed out"
+    assert [p for p in out.parent.iterdir() if files.is_temp_name(p.name)]  # the partial file is there
+    child.send_signal(signal.SIGTERM)
+    assert child.wait(timeout=30) == -signal.SIGTERM
+    assert list(out.parent.iterdir()) == []  # neither a partial PNG nor its temporary file
+
+
+def test_a_stale_tmp_from_a_killed_save_is_removed_by_the_next_save(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from ipa_studio.core import files
+    from ipa_studio.core.images import save_png
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = tmp_path / f".old.png.ipa-{files._HOST}-{dead.pid}-0badc0de{files.TEMP_SUFFIX}"
+    stale.write_bytes(b"half a picture")
+    mine = files.temp_path(tmp_path / "busy.png")  # this live process's own: never touched
+    mine.write_bytes(b"being written")
+    save_png(Image.new("RGB", (8, 8)), tmp_path / "new.png", {})
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["new.png", mine.name])
