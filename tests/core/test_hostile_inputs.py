@@ -128,6 +128,18 @@ def test_real_checkpoint_layouts_pass_the_pickle_guard(tmp_path: Path) -> None:
         assert torch.equal(loaded["state_dict"]["a.view"], base[2:6])
 
 
+def test_a_zip_checkpoint_announcing_too_many_records_is_refused_before_its_directory_is_read(
+    tmp_path: Path, monkeypatch
+) -> None:
+    from ipa_studio.core.models import pickle_scan
+
+    path = tmp_path / "many.bin"
+    torch.save({"a": torch.zeros(1), "b": torch.zeros(1)}, path)
+    monkeypatch.setattr(pickle_scan, "MAX_ZIP_ENTRIES", 3)  # a real bomb would need millions
+    with pytest.raises(UnsafeFileError, match=r"announces \d+ records \(the limit is 3\)"):
+        load_weights(path)
+
+
 def test_a_truncated_pickle_is_called_damaged_not_unsafe(tmp_path: Path) -> None:
     path = hostile.write_torch_zip(tmp_path / "cut.bin", hostile.billion_laughs(3)[:-20])
     with pytest.raises(ModelFileError, match="truncated or damaged") as info:
@@ -643,6 +655,12 @@ def test_fifos_and_devices_are_refused_before_they_are_opened(tmp_path: Path) ->
     os.mkfifo(fifo_model)
     zero = tmp_path / "zero.ckpt"
     zero.symlink_to("/dev/zero")
+    folder = tmp_path / "encoder"
+    folder.mkdir()
+    os.mkfifo(folder / "config.json")
+    fifo_library = tmp_path / "fifo-library"
+    fifo_library.mkdir()
+    os.mkfifo(fifo_library / "library.json")
     child = _run_child(
         f"""
         import json
@@ -664,6 +682,8 @@ def test_fifos_and_devices_are_refused_before_they_are_opened(tmp_path: Path) ->
         out["detect"] = detect({str(fifo_model)!r}).reason
         out["device"] = detect({str(zero)!r}).reason
         out["inspect"] = main(["models", "inspect", {str(fifo_model)!r}])
+        out["folder"] = detect({str(folder)!r}).reason
+        out["list"] = main(["models", "--library", {str(fifo_library)!r}, "list"])
         print(json.dumps(out))
         """,
         timeout=60,
@@ -675,6 +695,8 @@ def test_fifos_and_devices_are_refused_before_they_are_opened(tmp_path: Path) ->
     assert "is a named pipe (FIFO), not a weight file" in out["detect"]
     assert "is a character device, not a weight file" in out["device"]
     assert out["inspect"] == 1
+    assert out["folder"].startswith("not a model folder") and out["list"] == 2
+    assert "library.json' is damaged (it is a named pipe (FIFO), not a file)" in child.stderr
 
 
 def test_a_long_thin_strip_is_refused_before_any_resize(tmp_path: Path) -> None:

@@ -470,6 +470,10 @@ def _has_weights(folder: Path) -> bool:
 
 
 def _read_json(path: Path) -> dict | None:
+    from ipa_studio.core.files import special_file_kind
+
+    if special_file_kind(path) is not None:
+        return None  # a FIFO named config.json would block the read forever
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):

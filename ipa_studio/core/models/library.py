@@ -320,6 +320,9 @@ class ModelLibrary:
         )
 
     def _read(self) -> dict[str, Any]:
+        special = _files.special_file_kind(self.index_path)
+        if special is not None:
+            raise self._damaged(f"it is {special}, not a file")
         try:
             data = json.loads(self.index_path.read_text(encoding="utf-8"))
         except FileNotFoundError:

@@ -341,7 +341,24 @@ def check_pickle_file(path: str | Path) -> None:
         )
 
 
+MAX_ZIP_ENTRIES = 1_000_000
+"""Records in a zip checkpoint (one per tensor, plus five); the archive's directory is read whole."""
+
+
+def _zip_entries(path: Path) -> int | None:
+    """The number of records the archive's end record announces, read without parsing the directory."""
+    end_record = getattr(zipfile, "_EndRecData", None)
+    if end_record is None:
+        return None
+    with path.open("rb") as f:
+        found = end_record(f)
+    return int(found[zipfile._ECD_ENTRIES_TOTAL]) if found else None
+
+
 def _check_zip(path: Path, size: int, claims: dict[str, int]) -> None:
+    entries = _zip_entries(path)
+    if entries is not None and entries > MAX_ZIP_ENTRIES:
+        raise _Refused(f"its archive announces {entries:,} records (the limit is {MAX_ZIP_ENTRIES:,})")
     try:
         with zipfile.ZipFile(path) as archive:
             infos = archive.infolist()
