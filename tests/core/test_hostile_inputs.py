@@ -465,6 +465,27 @@ def test_a_full_disk_during_add_leaves_nothing_half_written_and_says_so(tmp_path
         assert library.index_path.read_bytes() == index_before, label
 
 
+def test_a_read_only_library_fails_to_write_as_an_oserror_and_still_lists(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """The window lists a read-only library when refreshing it raises OSError; the lock must not
+    change that."""
+    from ipa_studio.core import files
+    from ipa_studio.core.models.library import LibraryError, ModelLibrary
+
+    library = ModelLibrary(tmp_path / "models")
+    library.add(_small_model(tmp_path / "a.safetensors"))
+
+    def read_only(self):
+        raise PermissionError(13, "Permission denied", str(self.path))
+
+    monkeypatch.setattr(files.FileLock, "_acquire", read_only)
+    with pytest.raises(OSError) as info:
+        library.refresh()
+    assert isinstance(info.value, LibraryError) and "Permission denied" in str(info.value)
+    assert [e.name for e in library.entries()] == ["a"]
+
+
 @pytest.mark.parametrize(
     ("index", "words"),
     [

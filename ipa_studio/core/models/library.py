@@ -59,6 +59,19 @@ class LibraryError(IPAStudioError):
     """A library operation cannot be done (unknown name, name taken, nothing at a path …)."""
 
 
+class LibraryWriteError(LibraryError, OSError):
+    """The library could not write (a full disk, a read-only folder …). Also an ``OSError``, with the
+    system's error number, so a caller that lists a read-only library instead of refreshing it
+    still can."""
+
+    def __init__(self, message: str, code: int | None = None) -> None:
+        super().__init__(message)
+        self.errno = code
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
 @dataclass(frozen=True)
 class Source:
     """Where an entry came from."""
@@ -229,15 +242,18 @@ def _os_error(exc: BaseException) -> OSError | None:
     return None
 
 
-def _write_failed(exc: BaseException, what: str, where: Path) -> LibraryError:
+def _write_failed(exc: BaseException, what: str, where: Path) -> LibraryWriteError:
     """A failed write in words; the caller has already removed whatever it had half written."""
     error = _os_error(exc) or OSError(errno.EIO, str(exc))
     if _files.is_disk_full(error):
-        return LibraryError(
+        return LibraryWriteError(
             f"There is not enough free space in '{where}' to {what}. Nothing was added and no partial "
-            "file was left behind; free some space and try again."
+            "file was left behind; free some space and try again.",
+            error.errno,
         )
-    return LibraryError(f"Could not {what} in '{where}' ({error.strerror or error}). Nothing was added.")
+    return LibraryWriteError(
+        f"Could not {what} in '{where}' ({error.strerror or error}). Nothing was added.", error.errno
+    )
 
 
 def looks_like_model(path: Path) -> bool:
