@@ -257,11 +257,15 @@ def _small_model(path: Path) -> Path:
 
 _WRITER = """
 import sys
+import time
 from pathlib import Path
 from ipa_studio.core.models.library import ModelLibrary
 
 root, tag, rounds = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
 library = ModelLibrary(root)
+(root.parent / f"ready-{tag}").touch()
+while not (root.parent / "go").exists():  # both start together, after their slow imports
+    time.sleep(0.01)
 for i in range(rounds):
     library.add(root.parent / "src" / f"{tag}-{i}.safetensors", hash_files=False)
     if tag == "b" and i % 4 == 0:
@@ -273,7 +277,7 @@ print("done")
 
 
 def test_concurrent_library_writers_lose_nothing(tmp_path: Path) -> None:
-    rounds = 30
+    rounds = 40
     for tag in "ab":
         for i in range(rounds):
             _small_model(tmp_path / "src" / f"{tag}-{i}.safetensors")
@@ -291,6 +295,12 @@ def test_concurrent_library_writers_lose_nothing(tmp_path: Path) -> None:
         )
         for tag in "ab"
     ]
+    import time
+
+    deadline = time.monotonic() + 120
+    while not all((tmp_path / f"ready-{tag}").exists() for tag in "ab") and time.monotonic() < deadline:
+        time.sleep(0.02)
+    (tmp_path / "go").touch()
     for child in children:
         out, err = child.communicate(timeout=300)
         assert child.returncode == 0 and "done" in out, err[-3000:]
