@@ -765,14 +765,9 @@ def test_out_naming_an_existing_folder_is_refused_before_any_model_loads(tmp_pat
     assert list(folder.iterdir()) == []
 
 
-def test_sigterm_while_the_png_is_written_leaves_no_tmp(
-    tmp_path: Path, tiny_sd15: Path, tiny_adapters: dict, tiny_image_encoder: Path
-) -> None:
+def test_sigterm_while_the_png_is_written_leaves_no_tmp(tmp_path: Path) -> None:
     from ipa_studio.core import files
-    from ipa_studio.core.models.tiny import make_reference_image
 
-    ref = tmp_path / "ref.png"
-    make_reference_image(1, (64, 64)).save(ref)
     out = tmp_path / "out" / "picture.png"
     out.parent.mkdir()
     ready = tmp_path / "writing"
@@ -780,9 +775,8 @@ def test_sigterm_while_the_png_is_written_leaves_no_tmp(
         import time
         from pathlib import Path
         from PIL import Image
-        from ipa_studio.cli import main
-
-        real_save = Image.Image.save
+        from ipa_studio.core.files import remove_temps_on_termination
+        from ipa_studio.core.images import save_png
 
         def slow_save(self, fp, *args, **kwargs):
             fp.write(b"\\x89PNG partial")
@@ -790,12 +784,9 @@ def test_sigterm_while_the_png_is_written_leaves_no_tmp(
             Path({str(ready)!r}).touch()
             time.sleep(60)  # SIGTERM arrives here, halfway through the write
 
+        remove_temps_on_termination()  # what `ipa-studio` does first (see the next test)
         Image.Image.save = slow_save
-        main(["generate", "--model", {str(tiny_sd15)!r},
-              "--adapter", {str(tiny_adapters[("global", "safetensors")])!r},
-              "--image-encoder", {str(tiny_image_encoder)!r},
-              "--ref", {str(ref)!r}, "--steps", "1", "--seed", "1", "--width", "64", "--height", "64",
-              "--quiet", "--out", {str(out)!r}])
+        save_png(Image.new("RGB", (64, 64)), {str(out)!r}, {{"parameters": "x"}})
     """
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     child = subprocess.Popen(
@@ -812,6 +803,21 @@ def test_sigterm_while_the_png_is_written_leaves_no_tmp(
     child.send_signal(signal.SIGTERM)
     assert child.wait(timeout=30) == -signal.SIGTERM
     assert list(out.parent.iterdir()) == []  # neither a partial PNG nor its temporary file
+
+
+def test_the_cli_removes_its_partial_files_on_sigterm(tmp_path: Path, monkeypatch) -> None:
+    import signal
+
+    from ipa_studio.cli import main
+    from ipa_studio.core import files
+
+    monkeypatch.setattr(files, "_installed", False)
+    previous = signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    try:
+        main(["models", "--library", str(tmp_path / "models"), "catalog"])
+        assert signal.getsignal(signal.SIGTERM) is files._on_termination
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def test_a_stale_tmp_from_a_killed_save_is_removed_by_the_next_save(tmp_path: Path) -> None:
