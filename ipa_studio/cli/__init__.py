@@ -29,6 +29,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     from ipa_studio.core.errors import Cancelled, IPAStudioError
+    from ipa_studio.core.files import remove_temps_on_termination
+
+    # A `kill` (SIGTERM) while a picture or a converted model is being written must not leave the
+    # partial file behind.
+    remove_temps_on_termination()
 
     try:
         return args.run(args, parser)

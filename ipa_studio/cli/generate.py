@@ -328,6 +328,20 @@ def output_paths(out: Path, count: int) -> list[Path]:
     return [out.with_name(f"{out.stem}_{i + 1}{out.suffix}") for i in range(count)]
 
 
+def check_outputs(out: Path, targets: list[Path]) -> None:
+    """Refuse output paths that cannot take a picture, before any model is loaded."""
+    from ipa_studio.core.errors import RequestError
+
+    for path in (out, *targets):
+        if path.is_dir():
+            raise RequestError(
+                f"--out '{out}' names a folder ('{path}' exists and is one); give the picture's file "
+                f"name, for example --out {out / 'picture.png'}"
+            )
+    if not targets[0].parent.is_dir():
+        raise SystemExit(f"error: the output folder '{targets[0].parent}' does not exist")
+
+
 def make_engine(args: argparse.Namespace, request: GenerationRequest):  # -> Engine (imported late)
     """The engine for ``--device`` / ``--precision``, with the reference library if asked for
     (``--save-refs`` adds the request's references to it first)."""
@@ -357,8 +371,7 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
     request = request_from_args(args, parser)
     targets = output_paths(args.out, request.num_images)
-    if not targets[0].parent.is_dir():
-        raise SystemExit(f"error: the output folder '{targets[0].parent}' does not exist")
+    check_outputs(args.out, targets)
     print(f"seed {request.seed}", file=sys.stderr)
     engine = make_engine(args, request)
     bar = tqdm(total=request.steps, desc=request.mode, unit="step", disable=args.quiet, file=sys.stderr)

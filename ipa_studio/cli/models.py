@@ -64,7 +64,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     rm = cmds.add_parser("remove", help="take a model out of the library")
     rm.add_argument("name")
     group = rm.add_mutually_exclusive_group()
-    group.add_argument("--delete-files", action="store_true", default=None, help="also delete its files")
+    group.add_argument(
+        "--delete-files",
+        action="store_true",
+        default=None,
+        help="also delete its files (refused for files outside the models folder, which are never deleted)",
+    )
     group.add_argument(
         "--keep-files",
         dest="delete_files",

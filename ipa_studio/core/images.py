@@ -12,21 +12,21 @@ leaves a half-written PNG where a good one (or nothing) used to be.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import io
 import os
-import secrets
 from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageCms, ImageOps, PngImagePlugin, UnidentifiedImageError
 
+from ipa_studio.core import files as _files
 from ipa_studio.core.errors import ImageInputError, IPAStudioError
 from ipa_studio.core.request import ImageSource
 
 __all__ = [
+    "DEFAULT_MAX_ASPECT",
     "DEFAULT_MAX_PIXELS",
     "content_hash",
     "encoder_crop",
@@ -39,6 +39,11 @@ __all__ = [
 DEFAULT_MAX_PIXELS = 64_000_000
 """64 megapixels: larger than any camera photo people use as a reference, far below what a
 decompression bomb expands to. SD1.5 works at 512 px, so nothing useful is lost by refusing more."""
+
+DEFAULT_MAX_ASPECT = 100
+"""Longest side over shortest side. The image encoder scales the short side to 224 px before it
+crops, so a 1×3,000,000 strip (3 megapixels, well under the pixel limit) would grow to 224×672 million
+pixels — gigabytes — inside the resize. Panoramas stay far below 100:1."""
 
 # Modes Pillow stores with more than 8 bits per channel; they need scaling, not clipping.
 _WIDE_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I", "F"})
@@ -134,6 +139,10 @@ def _open_upright(source: ImageSource, *, what: str, max_pixels: int) -> Image.I
         raise ImageInputError(f"{subject} could not be found: there is no file at {path.absolute()}.")
     if path.is_dir():
         raise ImageInputError(f"{subject} could not be read: {path} is a folder, not an image file.")
+    special = _files.special_file_kind(path)
+    if special is not None:
+        # Opening a FIFO waits for a writer forever; a device never ends. Refuse before opening.
+        raise ImageInputError(f"{subject} could not be read: {path} is {special}, not an image file.")
     try:
         with Image.open(path) as opened:
             # Image.open reads only the header, so the size check runs before any pixel is decoded.
@@ -173,6 +182,13 @@ def _check_size(size: tuple[int, int], *, source: ImageSource, what: str, max_pi
             f"{_subject(source, what)} is too large: {width}×{height} pixels "
             f"({width * height / 1e6:.0f} megapixels; the limit is {max_pixels / 1e6:.0f}). "
             "Scale it down in an image editor and try again."
+        )
+    ratio = max(width, height) / min(width, height)
+    if ratio > DEFAULT_MAX_ASPECT:
+        raise ImageInputError(
+            f"{_subject(source, what)} is {width}×{height} pixels: one side is {ratio:,.0f} times the "
+            f"other, and the limit is {DEFAULT_MAX_ASPECT}:1 (scaling such a strip for the model would "
+            "take gigabytes). Crop it to the part that matters and try again."
         )
 
 
@@ -316,26 +332,25 @@ def save_png(image: Image.Image, path: str | os.PathLike[str], metadata: Mapping
         # add_text switches to an iTXt chunk by itself when the value is not Latin-1.
         info.add_text(str(key), str(value))
 
-    tmp: Path | None = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
-        # os.open with 0o666 lets the umask decide the final permissions, as for a normal file
-        # (tempfile.mkstemp would leave every output readable only by its owner).
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
-        with os.fdopen(fd, "wb") as f:
-            image.save(f, format="PNG", pnginfo=info)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        tmp = None
+        # Partial files a killed run left here (their names say which process wrote them).
+        _files.clean_orphans(path.parent)
+        # A temporary name that is removed on any failure, on SIGTERM once the CLI or app asked for
+        # it, and by the next save into this folder if the process was killed outright.
+        with _files.temporary(path) as tmp:
+            # os.open with 0o666 lets the umask decide the final permissions, as for a normal file
+            # (tempfile.mkstemp would leave every output readable only by its owner).
+            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+            fd = os.open(tmp, flags, 0o666)
+            with os.fdopen(fd, "wb") as f:
+                image.save(f, format="PNG", pnginfo=info)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
     except OSError as exc:
         reason = exc.strerror or str(exc)
         raise IPAStudioError(f"The image could not be saved to {path}: {reason}.") from exc
-    finally:
-        if tmp is not None:
-            with contextlib.suppress(OSError):
-                tmp.unlink()
     _fsync_dir(path.parent)
     return path
 

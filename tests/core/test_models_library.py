@@ -75,10 +75,11 @@ def test_entries_say_what_each_model_is_and_why_not(
 
     assert [e.name for e in library.entries("base")] == ["juggernaut-xl", "tiny-sd15"]
     assert {e.name for e in library.entries(usable_only=True)} == {"tiny-sd15", "my plus", "image_encoder"}
-    # The index is plain JSON, written atomically (no temporary files left next to it).
+    # The index is plain JSON, written atomically (no temporary files left next to it), beside the
+    # empty file its cross-process lock is held on.
     data = json.loads(library.index_path.read_text())
     assert data["version"] == 1 and len(data["entries"]) == 4
-    assert [p.name for p in library.root.iterdir()] == ["library.json"]
+    assert sorted(p.name for p in library.root.iterdir()) == [".library.lock", "library.json"]
     # Adding the same path again replaces its entry instead of duplicating it.
     library.add(tiny_sd15, name="renamed")
     assert [e.name for e in library.entries("base", usable_only=True)] == ["renamed"]

@@ -109,8 +109,10 @@ def test_download_with_progress_cancel_and_resume(
     monkeypatch.setattr(download, "CHUNK", 64 * 1024)
     # A real (small) adapter header, so the library's verdict on the download can be checked too;
     # zeros up to 3 MiB: ~48 chunks.
-    header = write_shapes_only(tmp_path / "header.safetensors", adapter_shapes("global", cross=8, embed=16))
-    payload = header.read_bytes().ljust(3 * 1024 * 1024, b"\0")
+    # The zeros are a tensor of their own: bytes after the last tensor make the file one the
+    # safetensors reader refuses.
+    shapes = {**adapter_shapes("global", cross=8, embed=16), "padding": (3 * 512 * 1024,)}
+    payload = write_shapes_only(tmp_path / "header.safetensors", shapes).read_bytes()
     hub = FakeHub(repos={"someone/tiny-adapter": {"models/ip-adapter_tiny.safetensors": payload}})
     entry = CatalogEntry(
         name="ip-adapter_tiny",

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ipa_studio.core.errors import RequestError
+from ipa_studio.core.errors import ModelFileError, RequestError
 
 from .attention import AdapterContext, DecoupledAttnProcessor
 from .checkpoint import RESAMPLER_DIM_HEAD, AdapterCheckpoint, check_fits, parse_checkpoint, save_checkpoint
@@ -57,8 +57,17 @@ class IPAdapter(nn.Module):
         self.name = ckpt.name
         self.variant = ckpt.variant
         self.checkpoint_info = ckpt
-        self.image_proj = _build_projection(ckpt)
-        self.image_proj.load_state_dict(ckpt.image_proj, strict=True)
+        try:
+            self.image_proj = _build_projection(ckpt)
+            self.image_proj.load_state_dict(ckpt.image_proj, strict=True)
+        except (KeyError, IndexError, ValueError, RuntimeError, ZeroDivisionError) as exc:
+            # load_state_dict lists every missing, extra or mis-shaped weight; the first says enough.
+            lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+            detail = (lines[1] if len(lines) > 1 else lines[0]) if lines else type(exc).__name__
+            raise ModelFileError(
+                f"'{ckpt.name}' is damaged: its image projection does not match the {ckpt.variant} "
+                f"IP-Adapter layout ({detail[:300]})."
+            ) from exc
         self.to_k_ip = nn.ModuleList()
         self.to_v_ip = nn.ModuleList()
         for k, v in ckpt.layers:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -59,7 +60,10 @@ class AdapterCheckpoint:
 def split_official(state: dict, name: str) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """Return (image_proj, ip_adapter) from either the nested or the flattened layout."""
     if "image_proj" in state and "ip_adapter" in state:
-        return dict(state["image_proj"]), dict(state["ip_adapter"])
+        parts = state["image_proj"], state["ip_adapter"]
+        if not all(isinstance(part, Mapping) for part in parts):
+            raise ModelFileError(f"'{name}' is damaged: its 'image_proj' and 'ip_adapter' are not tables.")
+        return dict(parts[0]), dict(parts[1])
     image_proj = {k[len("image_proj.") :]: v for k, v in state.items() if k.startswith("image_proj.")}
     ip = {k[len("ip_adapter.") :]: v for k, v in state.items() if k.startswith("ip_adapter.")}
     if not image_proj or not ip:
@@ -100,11 +104,38 @@ def _detect(image_proj: dict[str, torch.Tensor], name: str) -> tuple[Variant, in
             return "global", cross, width, rows // cross
     except KeyError as exc:
         raise ModelFileError(f"'{name}' is an incomplete IP-Adapter checkpoint (missing {exc}).") from exc
+    except (IndexError, ValueError, TypeError, ZeroDivisionError, AttributeError):
+        # A tensor of the wrong rank or size where the layout has a matrix or a vector.
+        raise ModelFileError(
+            f"'{name}' is damaged: the shapes of its image projection are not those of an IP-Adapter."
+        ) from None
     raise ModelFileError(f"'{name}' has an image projection of a kind IPA Studio does not know.")
+
+
+def _check_values(name: str, image_proj: Mapping[str, object], ip: Mapping[str, object]) -> None:
+    """Refuse non-tensors, empty tensors and NaN / infinite values, naming the tensor: such a file
+    loads without complaint elsewhere and then makes black or meaningless pictures."""
+    for prefix, part in (("image_proj.", image_proj), ("ip_adapter.", ip)):
+        for key, value in part.items():
+            label = f"{prefix}{key}"
+            if not isinstance(value, torch.Tensor):
+                raise ModelFileError(f"'{name}' is damaged: '{label}' is not a tensor.")
+            if value.numel() == 0:
+                raise ModelFileError(
+                    f"'{name}' is damaged: its tensor '{label}' is empty (shape {list(value.shape)})."
+                )
+            if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+                bad = int((~torch.isfinite(value)).sum())
+                raise ModelFileError(
+                    f"'{name}' is damaged: its tensor '{label}' holds {bad} NaN or infinite value"
+                    f"{'s' if bad != 1 else ''}; pictures made with it would be black or noise. "
+                    "Download it again."
+                )
 
 
 def parse_checkpoint(state: dict, name: str = "adapter") -> AdapterCheckpoint:
     image_proj, ip = split_official(state, name)
+    _check_values(name, image_proj, ip)
     variant, cross, width, tokens = _detect(image_proj, name)
     layers = []
     index = 1

@@ -14,6 +14,8 @@ width from ``to_k_ip`` (768 SD1.5, 2048 SDXL), image-feature width from the proj
 from __future__ import annotations
 
 import json
+import math
+import re
 import struct
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -92,13 +94,26 @@ def _make(
 # ----------------------------------------------------------------------------- reading shapes
 
 
+# Bytes per element of the dtypes the safetensors format defines and PyTorch can hold (the format's
+# own list, in the ``safetensors`` Rust crate's ``Dtype``). The 4- and 6-bit ones are left out: no
+# Stable Diffusion file uses them and IPA Studio cannot read them.
+SAFETENSORS_DTYPE_BYTES = {
+    "BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "F8_E8M0": 1, "F8_E4M3FNUZ": 1,
+    "F8_E5M2FNUZ": 1, "I16": 2, "U16": 2, "F16": 2, "BF16": 2, "I32": 4, "U32": 4, "F32": 4,
+    "C64": 8, "F64": 8, "I64": 8, "U64": 8,
+}  # fmt: skip
+
+
 def read_safetensors_header(
     path: str | Path,
 ) -> tuple[dict[str, tuple[str, tuple[int, ...]]], dict[str, str]]:
     """({name: (dtype, shape)}, metadata) from a ``.safetensors`` header, without reading tensors.
 
     Raises ``ModelFileError`` for a file that is not safetensors, has a damaged header, or is
-    truncated (shorter than its header says).
+    truncated (shorter than its header says). The header is held to the rules the safetensors reader
+    enforces when it loads the file (so a file this accepts, the loader accepts too): a known dtype
+    per tensor, byte ranges exactly as long as dtype × shape, laid end to end from the start of the
+    data with no overlap and no gap, ending where the file ends; ``__metadata__`` a table of texts.
     """
     path = Path(path)
     size = path.stat().st_size
@@ -115,29 +130,63 @@ def read_safetensors_header(
         raw = f.read(n)
     try:
         header = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError):
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
         raise ModelFileError(
             f"'{path.name}' is not a valid .safetensors file (its header is damaged)."
         ) from None
     if not isinstance(header, dict):
         raise ModelFileError(f"'{path.name}' is not a valid .safetensors file (its header is not a table).")
-    metadata = header.pop("__metadata__", None) or {}
+
+    def damaged(why: str) -> ModelFileError:
+        return ModelFileError(f"'{path.name}' has a damaged .safetensors header: {why}.")
+
+    metadata = header.pop("__metadata__", None)
+    if metadata is None:
+        metadata = {}
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+        raise damaged("its __metadata__ is not a table of texts")
     tensors: dict[str, tuple[str, tuple[int, ...]]] = {}
-    end = 0
+    ranges: list[tuple[int, int, str]] = []
     for name, info in header.items():
-        try:
-            tensors[name] = (str(info["dtype"]), tuple(int(d) for d in info["shape"]))
-            end = max(end, int(info["data_offsets"][1]))
-        except (KeyError, TypeError, ValueError, IndexError):
-            raise ModelFileError(
-                f"'{path.name}' has a damaged .safetensors header (entry '{name}')."
-            ) from None
-    if 8 + n + end > size:
+        if not isinstance(info, dict):
+            raise damaged(f"the entry for tensor '{name}' is not a table")
+        dtype, shape, offsets = info.get("dtype"), info.get("shape"), info.get("data_offsets")
+        if not isinstance(dtype, str) or dtype not in SAFETENSORS_DTYPE_BYTES:
+            raise damaged(f"tensor '{name}' has the unknown dtype {dtype!r}")
+        if not isinstance(shape, list) or not all(_is_count(d) for d in shape):
+            raise damaged(f"tensor '{name}' has an invalid shape {shape!r}")
+        if not isinstance(offsets, list) or len(offsets) != 2 or not all(_is_count(o) for o in offsets):
+            raise damaged(f"tensor '{name}' has invalid data offsets {offsets!r}")
+        begin, end = offsets
+        if end < begin:
+            raise damaged(f"the data offsets of tensor '{name}' run backwards ({begin} to {end})")
+        numel = math.prod(shape)
+        if end - begin != numel * SAFETENSORS_DTYPE_BYTES[dtype]:
+            raise damaged(
+                f"tensor '{name}' is {dtype} {list(shape)} = {numel * SAFETENSORS_DTYPE_BYTES[dtype]:,} "
+                f"bytes, but its data offsets span {end - begin:,}"
+            )
+        tensors[name] = (dtype, tuple(shape))
+        ranges.append((begin, end, name))
+    position, previous = 0, None
+    for begin, end, name in sorted(ranges):
+        if begin < position:
+            raise damaged(f"the data of tensors '{previous}' and '{name}' overlap")
+        if begin > position:
+            raise damaged(f"there are {begin - position:,} unused bytes before tensor '{name}'")
+        position, previous = end, name
+    if 8 + n + position > size:
         raise ModelFileError(
-            f"'{path.name}' is truncated: it is {size} bytes but its tensors need {8 + n + end}. "
+            f"'{path.name}' is truncated: it is {size} bytes but its tensors need {8 + n + position}. "
             "The download was probably interrupted; download it again."
         )
+    if 8 + n + position < size:
+        raise damaged(f"{size - 8 - n - position:,} bytes follow its last tensor")
     return tensors, dict(metadata)
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def flatten_state(state: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -605,14 +654,22 @@ def _classify_adapter(path: Path, shapes: Mapping[str, tuple[int, ...]], fmt: st
         for k, s in shapes.items()
         if k.startswith("image_proj.")
     }
+    empty = next((k for k, s in shapes.items() if math.prod(s) == 0), None)
+    if empty is not None:
+        reason = f"it is damaged: its tensor '{empty}' is empty (shape {list(shapes[empty])})"
+        return _make(path, "adapter", "IP-Adapter (damaged)", reason, fmt)
     try:
         variant, cross, width, tokens = _detect(image_proj, path.name)
     except ModelFileError as exc:
         text = str(exc).removeprefix(f"'{path.name}' ").removeprefix("is ").rstrip(".")
         return _make(path, "adapter", "IP-Adapter (unsupported kind)", text, fmt)
-    layers = sorted(
-        int(k.split(".")[1]) for k in shapes if k.startswith("ip_adapter.") and k.endswith(".to_k_ip.weight")
-    )
+    ip_keys = [k for k in shapes if k.startswith("ip_adapter.")]
+    layer_key = re.compile(r"^ip_adapter\.(\d+)\.to_[kv]_ip\.weight$")
+    odd = next((k for k in ip_keys if not layer_key.match(k) or len(shapes[k]) != 2), None)
+    if odd is not None:
+        reason = f"it is damaged: '{odd}' is not a 2-D image-attention weight of the official layout"
+        return _make(path, "adapter", "IP-Adapter (damaged)", reason, fmt)
+    layers = sorted(int(k.split(".")[1]) for k in ip_keys if k.endswith(".to_k_ip.weight"))
     ip_cross = {shapes[f"ip_adapter.{i}.to_k_ip.weight"][-1] for i in layers}
     family = _TEXT_WIDTH_FAMILY.get(cross)
     hidden = variant != "global"
@@ -671,6 +728,10 @@ def _has_weights(folder: Path) -> bool:
 
 
 def _read_json(path: Path) -> dict | None:
+    from ipa_studio.core.files import special_file_kind
+
+    if special_file_kind(path) is not None:
+        return None  # a FIFO named config.json would block the read forever
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):

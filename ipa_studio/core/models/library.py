@@ -10,7 +10,15 @@ Qt-free and synchronous: the GUI calls it from its worker thread, with ``on_prog
 ``should_cancel`` for the long operations (hashing, downloading, converting).
 
 Files inside the models folder belong to the library (``remove`` deletes them); files elsewhere are
-only referenced (``remove`` forgets them and never deletes the user's files).
+only referenced (``remove`` forgets them and never deletes the user's files). Whether a file is inside
+is decided from its resolved path at the moment of deleting, never from what the index says, so a
+copied index or a symlink cannot turn a reference into a deletion.
+
+Several processes may share one library (the app and a CLI, two CLIs): every read-modify-write of
+``library.json`` happens under a cross-process lock on ``.library.lock``, re-reading the index inside
+it, and the long work (hashing, converting, detecting) happens outside it. Partial files are written
+under names that say which process writes them, and ones left by a killed process are deleted the next
+time the library is opened.
 """
 
 from __future__ import annotations
@@ -18,17 +26,19 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime as _dt
+import errno
 import hashlib
 import json
 import os
 import re
 import shutil
-import tempfile
-from collections.abc import Callable, Iterable, Mapping
+import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ipa_studio.core import files as _files
 from ipa_studio.core.errors import Cancelled, IPAStudioError, ModelFileError
 from ipa_studio.core.models import catalog as _catalog
 from ipa_studio.core.models.detect import Detection, detect
@@ -36,6 +46,7 @@ from ipa_studio.core.models.safe_load import PICKLE_SUFFIXES, SAFETENSORS_SUFFIX
 from ipa_studio.core.models.scan import find_models
 
 INDEX_NAME = "library.json"
+LOCK_NAME = ".library.lock"
 INDEX_VERSION = 1
 MODEL_SUFFIXES = (SAFETENSORS_SUFFIX, *sorted(PICKLE_SUFFIXES))
 _HASH_CHUNK = 8 << 20
@@ -47,6 +58,19 @@ CancelFn = Callable[[], bool]
 
 class LibraryError(IPAStudioError):
     """A library operation cannot be done (unknown name, name taken, nothing at a path …)."""
+
+
+class LibraryWriteError(LibraryError, OSError):
+    """The library could not write (a full disk, a read-only folder …). Also an ``OSError``, with the
+    system's error number, so a caller that lists a read-only library instead of refreshing it
+    still can."""
+
+    def __init__(self, message: str, code: int | None = None) -> None:
+        super().__init__(message)
+        self.errno = code
+
+    def __str__(self) -> str:
+        return str(self.args[0])
 
 
 @dataclass(frozen=True)
@@ -90,13 +114,66 @@ class LibraryEntry:
         return data
 
     @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> LibraryEntry:
+    def from_json(cls, data: Any) -> LibraryEntry:
+        """Read an index entry; raises ``ValueError`` saying what is wrong with a damaged one."""
+        if not isinstance(data, Mapping):
+            raise ValueError(f"it is {_json_type(data)}, not a table")
+        for key, types in _ENTRY_FIELDS.items():
+            if key in data or key not in _ENTRY_OPTIONAL:
+                _check_type(data, key, types)
+        source = data["source"]
+        if not isinstance(source, Mapping):
+            raise ValueError(f"its 'source' is {_json_type(source)}, not a table")
+        for key in ("type", "ref"):
+            _check_type(source, key, (str,), "source.")
+        if "converted_from" in source:
+            _check_type(source, "converted_from", (str, type(None)), "source.")
         fields = {f.name for f in dataclasses.fields(cls)}
         values = {k: v for k, v in data.items() if k in fields}
         values["path"] = Path(values["path"])
-        values["source"] = Source(**data["source"])
+        values["source"] = Source(source["type"], source["ref"], source.get("converted_from"))
         values["details"] = dict(data.get("details") or {})
         return cls(**values)
+
+
+# Types each index field may have (JSON's view: ints for sizes, null where a value may be absent).
+_ENTRY_FIELDS: dict[str, tuple[type, ...]] = {
+    "name": (str,),
+    "path": (str,),
+    "kind": (str,),
+    "architecture": (str,),
+    "usable": (bool,),
+    "reason": (str, type(None)),
+    "format": (str,),
+    "size_bytes": (int,),
+    "sha256": (str, type(None)),
+    "source": (dict,),
+    "added": (str,),
+    "details": (dict, type(None)),
+    "owned": (bool,),
+}
+_ENTRY_OPTIONAL = {"details", "owned"}
+
+
+def _json_type(value: Any) -> str:
+    names = {dict: "a table", list: "a list", str: "a text", bool: "true/false", type(None): "null"}
+    if isinstance(value, bool):
+        return "true/false"
+    if isinstance(value, (int, float)):
+        return "a number"
+    return names.get(type(value), type(value).__name__)
+
+
+def _check_type(data: Mapping[str, Any], key: str, types: tuple[type, ...], prefix: str = "") -> None:
+    if key not in data:
+        raise ValueError(f"it has no '{prefix}{key}'")
+    value = data[key]
+    if isinstance(value, bool) and bool not in types:  # JSON true is not a size
+        ok = False
+    else:
+        ok = isinstance(value, types)
+    if not ok:
+        raise ValueError(f"its '{prefix}{key}' is {_json_type(value)}")
 
 
 @dataclass(frozen=True)
@@ -139,16 +216,12 @@ def _now() -> str:
 
 def _atomic_write_text(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
+    with _files.temporary(path) as tmp:
+        with open(tmp, "x", encoding="utf-8") as f:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def _is_within(path: Path, folder: Path) -> bool:
@@ -157,6 +230,31 @@ def _is_within(path: Path, folder: Path) -> bool:
         return True
     except ValueError:
         return False
+
+
+def _os_error(exc: BaseException) -> OSError | None:
+    """The operating-system error behind a failed write (safetensors reports them in its own type)."""
+    if isinstance(exc, OSError):
+        return exc
+    found = re.search(r"os error (\d+)", str(exc))
+    if found:
+        code = int(found.group(1))
+        return OSError(code, os.strerror(code))
+    return None
+
+
+def _write_failed(exc: BaseException, what: str, where: Path) -> LibraryWriteError:
+    """A failed write in words; the caller has already removed whatever it had half written."""
+    error = _os_error(exc) or OSError(errno.EIO, str(exc))
+    if _files.is_disk_full(error):
+        return LibraryWriteError(
+            f"There is not enough free space in '{where}' to {what}. Nothing was added and no partial "
+            "file was left behind; free some space and try again.",
+            error.errno,
+        )
+    return LibraryWriteError(
+        f"Could not {what} in '{where}' ({error.strerror or error}). Nothing was added.", error.errno
+    )
 
 
 def _disk_size(path: Path) -> int:
@@ -195,18 +293,27 @@ def convert_to_safetensors(src: Path, dest: Path) -> Path:
         tensors[key] = value.clone().contiguous() if ptr in seen or not value.is_contiguous() else value
         seen.add(ptr)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata={"converted_from": src.name, "format": "pt"})
+    # A recognisable temporary name: if this process is killed mid-write, the next open removes it.
+    with _files.temporary(dest) as tmp:
+        save_file(tensors, str(tmp), metadata={"converted_from": src.name, "format": "pt"})
         os.replace(tmp, dest)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return dest
 
 
 # ------------------------------------------------------------------------------------------- library
+
+_cleaned: set[Path] = set()
+_cleaned_lock = threading.Lock()
+
+
+def _clean_once(root: Path) -> None:
+    """Remove partial files that killed processes left in the models folder, once per process."""
+    key = Path(os.path.abspath(root))
+    with _cleaned_lock:
+        if key in _cleaned:
+            return
+        _cleaned.add(key)
+    _files.clean_orphans(root)
 
 
 class ModelLibrary:
@@ -219,30 +326,71 @@ class ModelLibrary:
 
             root = os.environ.get("IPA_STUDIO_MODELS") or default_models_dir()
         self.root = Path(root).expanduser()
+        _clean_once(self.root)
 
     # ---------------------------------------------------------------- index I/O
     @property
     def index_path(self) -> Path:
         return self.root / INDEX_NAME
 
+    def _damaged(self, why: str) -> LibraryError:
+        return LibraryError(
+            f"The model library index '{self.index_path}' is damaged ({why}). Move it away and run "
+            "'ipa-studio models list' to rebuild it from the files."
+        )
+
     def _read(self) -> dict[str, Any]:
+        special = _files.special_file_kind(self.index_path)
+        if special is not None:
+            raise self._damaged(f"it is {special}, not a file")
         try:
             data = json.loads(self.index_path.read_text(encoding="utf-8"))
         except FileNotFoundError:
             return {"version": INDEX_VERSION, "folders": [], "hidden": [], "entries": []}
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise LibraryError(
-                f"The model library index '{self.index_path}' is damaged ({exc}). Move it away and run "
-                "'ipa-studio models list' to rebuild it from the files."
-            ) from exc
-        data.setdefault("folders", [])
-        data.setdefault("hidden", [])
-        data.setdefault("entries", [])
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+            raise self._damaged(str(exc) or type(exc).__name__) from exc
+        if not isinstance(data, dict):
+            raise self._damaged(f"it holds {_json_type(data)} instead of a table")
+        for key in ("folders", "hidden", "entries"):
+            value = data.setdefault(key, [])
+            if not isinstance(value, list):
+                raise self._damaged(f"its '{key}' is {_json_type(value)}, not a list")
+            if key != "entries" and not all(isinstance(v, str) for v in value):
+                raise self._damaged(f"its '{key}' list holds something other than paths")
+        for number, raw in enumerate(data["entries"], start=1):
+            try:
+                LibraryEntry.from_json(raw)
+            except ValueError as exc:
+                label = raw.get("name") if isinstance(raw, dict) else None
+                which = f"'{label}'" if isinstance(label, str) else f"number {number}"
+                raise self._damaged(f"entry {which}: {exc}") from None
         return data
 
     def _write(self, data: dict[str, Any]) -> None:
         data["version"] = INDEX_VERSION
-        _atomic_write_text(self.index_path, json.dumps(data, indent=2, sort_keys=True) + "\n")
+        text = json.dumps(data, indent=2, sort_keys=True) + "\n"
+        try:
+            _atomic_write_text(self.index_path, text)
+        except OSError as exc:
+            raise _write_failed(exc, "write the library index (it is unchanged)", self.root) from exc
+
+    @contextlib.contextmanager
+    def _changing(self) -> Iterator[dict[str, Any]]:
+        """The index, read fresh under the library's lock and written back when the block ends
+        without an error. Keep the block short: other processes wait for it."""
+        lock = _files.FileLock.on(self.root / LOCK_NAME)
+        try:
+            with lock:
+                data = self._read()
+                yield data
+                self._write(data)
+        except _files.LockTimeout:
+            raise LibraryError(
+                f"The model library in '{self.root}' is busy: another IPA Studio has been changing it "
+                f"for over {lock.timeout:.0f} seconds. Try again when it is done."
+            ) from None
+        except OSError as exc:  # the lock file itself could not be made (read-only folder …)
+            raise _write_failed(exc, "change the model library", self.root) from exc
 
     def _entries(self, data: Mapping[str, Any]) -> list[LibraryEntry]:
         return [LibraryEntry.from_json(e) for e in data["entries"]]
@@ -349,13 +497,20 @@ class ModelLibrary:
         )
 
     def _store(self, entry: LibraryEntry) -> LibraryEntry:
-        data = self._read()
-        entries = [e for e in self._entries(data) if e.path.resolve() != entry.path.resolve()]
-        entry = dataclasses.replace(entry, name=self._unique_name(entry.name, (e.name for e in entries)))
-        data["entries"] = [e.to_json() for e in [*entries, entry]]
-        data["hidden"] = [h for h in data["hidden"] if Path(h) != entry.path]
-        self._write(data)
+        with self._changing() as data:
+            entries = [e for e in self._entries(data) if e.path.resolve() != entry.path.resolve()]
+            name = self._unique_name(entry.name, (e.name for e in entries))
+            entry = dataclasses.replace(entry, name=name)
+            data["entries"] = [e.to_json() for e in [*entries, entry]]
+            data["hidden"] = [h for h in data["hidden"] if Path(h) != entry.path]
         return entry
+
+    def _place(self, tmp: Path, target: Path) -> None:
+        """Give a finished temporary file its name, unless another process took the name meanwhile."""
+        with self._changing():
+            if target.exists() or target.is_symlink():
+                raise LibraryError(f"'{target}' already exists in the models folder.")
+            os.replace(tmp, target)
 
     def add(
         self,
@@ -400,6 +555,14 @@ class ModelLibrary:
         on_progress: ProgressFn | None,
         should_cancel: CancelFn | None,
     ) -> LibraryEntry:
+        special = _files.special_file_kind(path)
+        if special is not None:
+            raise LibraryError(f"'{path}' is {special}, not a model file or folder.")
+        if path.resolve() == self.root.resolve():
+            raise LibraryError(
+                f"'{path}' is the models folder itself, not a model. Add the model files or folders in it "
+                "(or run 'ipa-studio models list', which finds them)."
+            )
         found = detect(path)
         origin = Source("folder" if path.is_dir() else "file", str(path.resolve()))
         target = path
@@ -409,20 +572,19 @@ class ModelLibrary:
             target = self.root / (path.stem + SAFETENSORS_SUFFIX)
             if target.exists():
                 raise LibraryError(f"'{target}' already exists; remove it first or add without converting.")
-            convert_to_safetensors(path, target)
+            self._write_into_root(target, lambda tmp: convert_to_safetensors(path, tmp), "convert it")
             origin = dataclasses.replace(origin, converted_from=str(path.resolve()))
             found = None
         elif copy and not _is_within(path, self.root):
+            if path.is_dir() and _is_within(self.root, path):
+                raise LibraryError(
+                    f"'{path}' holds the models folder itself; copying it there would never end."
+                )
             target = self.root / path.name
             if target.exists():
                 raise LibraryError(f"'{target}' already exists in the models folder.")
-            tmp = self.root / f".{path.name}.copying"
-            self.root.mkdir(parents=True, exist_ok=True)
-            if path.is_dir():
-                shutil.copytree(path, tmp)
-            else:
-                shutil.copy2(path, tmp)
-            os.replace(tmp, target)
+            copier = shutil.copytree if path.is_dir() else shutil.copy2
+            self._write_into_root(target, lambda tmp: copier(path, tmp), "copy it")
             found = None
         entry = self._entry_for(
             target,
@@ -434,6 +596,21 @@ class ModelLibrary:
             detection=found,
         )
         return self._store(entry)
+
+    def _write_into_root(self, target: Path, write: Callable[[Path], Any], what: str) -> None:
+        """Write ``target`` in the models folder through a temporary file (or folder) that is removed
+        on any failure, named so that the next open removes it if this process is killed."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        try:
+            with _files.temporary(target) as tmp:
+                write(tmp)
+                self._place(tmp, target)
+        except IPAStudioError:
+            raise
+        except Exception as exc:
+            if _os_error(exc) is None:
+                raise
+            raise _write_failed(exc, what, self.root) from exc
 
     def download(
         self,
@@ -487,25 +664,49 @@ class ModelLibrary:
         )
         return self.download(item, name, on_progress, should_cancel, endpoint, source=Source("hub", ref))
 
+    def deletable(self, path: str | Path) -> str | None:
+        """Why ``remove`` would not delete ``path``, or None when it lies inside this library's models
+        folder (judged from the resolved path now, symlinks followed, never from the index)."""
+        path = Path(path)
+        root = self.root.resolve()
+        # A symlink is judged (and deleted) as the link itself: where it points stays untouched.
+        where = path.parent.resolve() / path.name if path.is_symlink() else path.resolve()
+        if where == root:
+            return "it is the models folder itself"
+        try:
+            where.relative_to(root)
+        except ValueError:
+            return f"it is outside the models folder '{self.root}'"
+        if where in (root / INDEX_NAME, root / LOCK_NAME):
+            return "it is the library's own index"
+        return None
+
     def remove(self, name: str, *, delete_files: bool | None = None) -> LibraryEntry:
-        """Take an entry out of the library. Its files are deleted only when the library owns them
-        (they are inside the models folder) — unless ``delete_files`` says otherwise; files elsewhere
-        are never deleted by default, and stay hidden from later scans."""
-        data = self._read()
-        entries = self._entries(data)
-        entry = next((e for e in entries if e.name == name), None)
-        if entry is None:
-            raise LibraryError(f"There is no model called '{name}' in the library.")
-        delete = entry.owned if delete_files is None else delete_files
-        data["entries"] = [e.to_json() for e in entries if e.name != name]
-        if not delete:
-            data["hidden"] = sorted({*data["hidden"], str(entry.path)})
-        self._write(data)
-        if delete and entry.path.exists():
-            if entry.path.is_dir():
-                shutil.rmtree(entry.path)
-            else:
-                entry.path.unlink()
+        """Take an entry out of the library. Its files are deleted when they lie inside the models
+        folder, unless ``delete_files`` is False; files anywhere else are never deleted (asking for it
+        raises ``LibraryError`` before anything changes) and stay hidden from later scans."""
+        with self._changing() as data:
+            entries = self._entries(data)
+            entry = next((e for e in entries if e.name == name), None)
+            if entry is None:
+                raise LibraryError(f"There is no model called '{name}' in the library.")
+            refusal = self.deletable(entry.path)
+            if delete_files and refusal is not None:
+                raise LibraryError(
+                    f"'{name}' was not removed: IPA Studio deletes only files inside its models folder, "
+                    f"and {entry.path} is not one ({refusal}). Delete it yourself, or remove the entry "
+                    "without deleting files."
+                )
+            delete = refusal is None and delete_files is not False
+            data["entries"] = [e.to_json() for e in entries if e.name != name]
+            if not delete:
+                data["hidden"] = sorted({*data["hidden"], str(entry.path)})
+        if delete:
+            path = entry.path
+            if path.is_symlink() or path.is_file():
+                path.unlink()
+            elif path.is_dir():
+                shutil.rmtree(path)  # does not follow symlinks inside the folder
         return entry
 
     def add_folder(self, folder: str | Path) -> list[LibraryEntry]:
@@ -513,38 +714,38 @@ class ModelLibrary:
         folder = Path(folder).expanduser().resolve()
         if not folder.is_dir():
             raise LibraryError(f"'{folder}' is not a folder.")
-        data = self._read()
-        if str(folder) not in data["folders"]:
-            data["folders"].append(str(folder))
-            self._write(data)
+        with self._changing() as data:
+            if str(folder) not in data["folders"]:
+                data["folders"].append(str(folder))
         return [e for e in self.refresh(hash_new=False) if _found_in(e, folder)]
 
     def remove_folder(self, folder: str | Path) -> None:
         folder = Path(folder).expanduser().resolve()
-        data = self._read()
-        data["folders"] = [f for f in data["folders"] if Path(f) != folder]
-        data["entries"] = [
-            e.to_json() for e in self._entries(data) if not (e.source.type == "scan" and _found_in(e, folder))
-        ]
-        self._write(data)
+        with self._changing() as data:
+            data["folders"] = [f for f in data["folders"] if Path(f) != folder]
+            data["entries"] = [
+                e.to_json()
+                for e in self._entries(data)
+                if not (e.source.type == "scan" and _found_in(e, folder))
+            ]
 
     def refresh(self, *, hash_new: bool = True, should_cancel: CancelFn | None = None) -> list[LibraryEntry]:
         """Re-scan the folders: add models found there, drop scanned entries whose files are gone,
-        re-detect entries whose files changed. Returns all entries."""
-        data = self._read()
-        entries = {e.path.resolve(): e for e in self._entries(data)}
-        hidden = {Path(h).resolve() for h in data["hidden"]}
-        kept: dict[Path, LibraryEntry] = {}
-        for path, entry in entries.items():
-            if not path.exists():
-                if entry.source.type == "scan":
-                    continue  # the file went away; it was only ever found by scanning
-                entry = dataclasses.replace(
-                    entry, usable=False, reason="its file is missing", kind=entry.kind
-                )
-            elif _disk_size(path) != entry.size_bytes:
+        re-detect entries whose files changed. Returns all entries.
+
+        Detection and hashing run on a snapshot without the lock; the results are merged into the
+        index as it is then, so entries others added or removed meanwhile are kept as they are."""
+        _files.clean_orphans(self.root)
+        snapshot = self._read()
+        known = {e.path.resolve(): e for e in self._entries(snapshot)}
+        hidden = {Path(h).resolve() for h in snapshot["hidden"]}
+        updated: dict[Path, tuple[LibraryEntry, LibraryEntry]] = {}  # path → (as read, as now)
+        for path, entry in known.items():
+            if not path.exists() and entry.source.type != "scan":
+                new = dataclasses.replace(entry, usable=False, reason="its file is missing")
+            elif path.exists() and _disk_size(path) != entry.size_bytes:
                 found = detect(path)
-                entry = dataclasses.replace(
+                new = dataclasses.replace(
                     entry,
                     kind=found.kind,
                     architecture=found.architecture,
@@ -554,24 +755,39 @@ class ModelLibrary:
                     sha256=None,
                     details=dict(found.details),
                 )
-            elif entry.reason == "its file is missing":
+            elif path.exists() and entry.reason == "its file is missing":
                 found = detect(path)
-                entry = dataclasses.replace(entry, usable=found.usable, reason=found.reason)
-            kept[path] = entry
-        for folder in [self.root, *(Path(f) for f in data["folders"])]:
+                new = dataclasses.replace(entry, usable=found.usable, reason=found.reason)
+            else:
+                continue
+            updated[path] = (entry, new)
+        found_new: dict[Path, LibraryEntry] = {}
+        for folder in [self.root, *(Path(f) for f in snapshot["folders"])]:
             if not folder.is_dir():
                 continue
             # Every model below the folder, in the places its install keeps them (scan.py).
             for found in find_models(folder, should_cancel=should_cancel):
                 resolved = found.path.resolve()
-                if resolved in kept or resolved in hidden:
+                if resolved in known or resolved in hidden or resolved in found_new:
                     continue
-                name = self._unique_name(found.name, (e.name for e in kept.values()))
-                kept[resolved] = self._entry_for(
-                    found.path, Source("scan", str(found.path)), name, hash_files=hash_new
+                found_new[resolved] = self._entry_for(
+                    found.path, Source("scan", str(found.path)), found.name, hash_files=hash_new
                 )
-        data["entries"] = [e.to_json() for e in kept.values()]
-        self._write(data)
+        with self._changing() as data:
+            current = {e.path.resolve(): e for e in self._entries(data)}
+            now_hidden = {Path(h).resolve() for h in data["hidden"]}
+            kept: dict[Path, LibraryEntry] = {}
+            for path, entry in current.items():
+                if entry.source.type == "scan" and not path.exists():
+                    continue  # the file went away; it was only ever found by scanning
+                before, after = updated.get(path, (None, None))
+                kept[path] = after if before == entry and after is not None else entry
+            for path, entry in found_new.items():
+                if path in kept or path in now_hidden or not path.exists():
+                    continue
+                name = self._unique_name(entry.name, (e.name for e in kept.values()))
+                kept[path] = dataclasses.replace(entry, name=name)
+            data["entries"] = [e.to_json() for e in kept.values()]
         return self.entries()
 
     def verify(
@@ -581,7 +797,10 @@ class ModelLibrary:
         on_progress: ProgressFn | None = None,
         should_cancel: CancelFn | None = None,
     ) -> list[VerifyResult]:
-        """Check that each entry's files are still there, unchanged (size, sha256) and readable."""
+        """Check that each entry's files are still there, unchanged (size, sha256) and readable.
+
+        The first verify of an entry added without a hash records its sha256 — into the index as it is
+        when hashing ends, so entries added meanwhile are kept."""
         entries = self.entries()
         if names is not None:
             wanted = set(names)
@@ -590,8 +809,7 @@ class ModelLibrary:
                 raise LibraryError(f"No model called {', '.join(sorted(unknown))} in the library.")
             entries = [e for e in entries if e.name in wanted]
         results = []
-        data = self._read()
-        recorded = {e["name"]: e for e in data["entries"]}
+        hashed: dict[tuple[str, str], str] = {}  # (name, path) → sha256, for entries that had none
         for entry in entries:
             problems: list[str] = []
             if not entry.path.exists():
@@ -605,12 +823,16 @@ class ModelLibrary:
                 if found.kind != "invalid":
                     digest = sha256_of(entry.path, on_progress, should_cancel)
                     if entry.sha256 is None:
-                        recorded[entry.name]["sha256"] = digest  # first verify records the hash
+                        hashed[(entry.name, str(entry.path))] = digest
                     elif digest != entry.sha256:
                         problems.append("its contents changed (sha256 differs from when it was added)")
             results.append(VerifyResult(entry.name, not problems, tuple(problems)))
-        with contextlib.suppress(LibraryError):
-            self._write(data)
+        if hashed:
+            with contextlib.suppress(LibraryError), self._changing() as data:
+                for raw in data["entries"]:
+                    digest = hashed.get((raw["name"], raw["path"]))
+                    if digest is not None and raw.get("sha256") is None:
+                        raw["sha256"] = digest
         return results
 
 

@@ -12,6 +12,7 @@ only as variant files (``*.fp16.safetensors``, most hub repos) are loaded with t
 from __future__ import annotations
 
 import json
+import pickle
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -54,8 +55,42 @@ def _variant(folder: Path) -> str | None:
 
 
 def _wrap(what: str, path: Path, exc: Exception) -> ModelFileError:
+    chain, cause = [], exc
+    while cause is not None and len(chain) < 10:  # libraries wrap the unpickler's error in their own
+        chain.append(cause)
+        cause = cause.__cause__ or cause.__context__
+    if any(isinstance(e, pickle.UnpicklingError) or "weights_only" in str(e) for e in chain):
+        # PyTorch's refusal advises retrying with weights_only=False, which would run the file's code.
+        from ipa_studio.core.models.safe_load import PICKLE_SUFFIXES, unsafe_pickle_error
+
+        pickles = [f for f in path.rglob("*") if f.suffix.lower() in PICKLE_SUFFIXES] if path.is_dir() else []
+        return unsafe_pickle_error(pickles[0] if len(pickles) == 1 else path)
     detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     return ModelFileError(f"The {what} in '{path}' could not be loaded: {detail}")
+
+
+# What a library's from_pretrained may raise for a bad folder (a pickle it refuses included).
+_LOAD_ERRORS = (OSError, ValueError, RuntimeError, KeyError, pickle.UnpicklingError)
+
+
+def _complete(what: str, path: Path, loaded: tuple[Any, dict]) -> Any:
+    """The model from ``from_pretrained(..., output_loading_info=True)``, refused when its weights
+    file lacks tensors: transformers fills those with random values, diffusers leaves them on the
+    meta device (a cryptic "Tensor on device meta" later), and either way the results are wrong."""
+    model, info = loaded
+    missing = sorted(info.get("missing_keys") or [])
+    mismatched = [m[0] if isinstance(m, (tuple, list)) else m for m in info.get("mismatched_keys") or []]
+    if not missing:
+        tensors = [*model.named_parameters(), *model.named_buffers()]
+        missing = sorted(name for name, t in tensors if t.device.type == "meta")
+    if missing or mismatched:
+        names = missing or mismatched
+        problem = "lack" if missing else "have the wrong shape for"
+        raise ModelFileError(
+            f"The {what} in '{path}' is incomplete: its weights {problem} {len(names)} of the tensors it "
+            f"needs (for example '{names[0]}'), so it would compute with random values. Download it again."
+        )
+    return model
 
 
 def load_base_model(
@@ -81,19 +116,40 @@ def load_base_model(
         raise ModelFileError(
             f"'{path}' is not a complete Stable Diffusion folder: {', '.join(missing)} missing."
         )
+    from ipa_studio.core.models.safe_load import check_pickles_in
+
+    check_pickles_in(path)
     opts = {"local_files_only": True}
+    info = {"output_loading_info": True}
     try:
-        unet = UNet2DConditionModel.from_pretrained(
-            path, subfolder="unet", torch_dtype=dtype, variant=_variant(path / "unet"), **opts
+        unet = _complete(
+            "UNet",
+            path,
+            UNet2DConditionModel.from_pretrained(
+                path, subfolder="unet", torch_dtype=dtype, variant=_variant(path / "unet"), **opts, **info
+            ),
         )
-        vae = AutoencoderKL.from_pretrained(
-            path, subfolder="vae", torch_dtype=dtype, variant=_variant(path / "vae"), **opts
+        vae = _complete(
+            "VAE",
+            path,
+            AutoencoderKL.from_pretrained(
+                path, subfolder="vae", torch_dtype=dtype, variant=_variant(path / "vae"), **opts, **info
+            ),
         )
-        text_encoder = CLIPTextModel.from_pretrained(
-            path, subfolder="text_encoder", dtype=dtype, variant=_variant(path / "text_encoder"), **opts
+        text_encoder = _complete(
+            "text encoder",
+            path,
+            CLIPTextModel.from_pretrained(
+                path,
+                subfolder="text_encoder",
+                dtype=dtype,
+                variant=_variant(path / "text_encoder"),
+                **opts,
+                **info,
+            ),
         )
         tokenizer = CLIPTokenizer.from_pretrained(path, subfolder="tokenizer", **opts)
-    except (OSError, ValueError, RuntimeError, KeyError) as exc:
+    except _LOAD_ERRORS as exc:
         raise _wrap("base model", path, exc) from exc
     from diffusers import DDIMScheduler
 
@@ -259,11 +315,18 @@ def load_image_encoder(
     if path.is_file():
         encoder = _load_image_encoder_file(path, dtype, Path(config) if config is not None else None)
     else:
+        from ipa_studio.core.models.safe_load import check_pickles_in
+
+        check_pickles_in(path)
         try:
-            encoder = CLIPVisionModelWithProjection.from_pretrained(
-                path, dtype=dtype, local_files_only=True, variant=_variant(path)
+            encoder = _complete(
+                "image encoder",
+                path,
+                CLIPVisionModelWithProjection.from_pretrained(
+                    path, dtype=dtype, local_files_only=True, variant=_variant(path), output_loading_info=True
+                ),
             )
-        except (OSError, ValueError, RuntimeError, KeyError) as exc:
+        except _LOAD_ERRORS as exc:
             raise _wrap("image encoder", path, exc) from exc
     if device.type != "cpu":
         encoder.to(device)
@@ -320,11 +383,22 @@ def load_controlnet(
     if path.is_file():
         model = _load_controlnet_file(path, dtype, Path(config) if config is not None else None)
     else:
+        from ipa_studio.core.models.safe_load import check_pickles_in
+
+        check_pickles_in(path)
         try:
-            model = ControlNetModel.from_pretrained(
-                path, torch_dtype=dtype, local_files_only=True, variant=_variant(path)
+            model = _complete(
+                "ControlNet",
+                path,
+                ControlNetModel.from_pretrained(
+                    path,
+                    torch_dtype=dtype,
+                    local_files_only=True,
+                    variant=_variant(path),
+                    output_loading_info=True,
+                ),
             )
-        except (OSError, ValueError, RuntimeError, KeyError) as exc:
+        except _LOAD_ERRORS as exc:
             raise _wrap("ControlNet", path, exc) from exc
     if device.type != "cpu":
         model.to(device)

@@ -2,7 +2,9 @@
 
 ``.safetensors`` is plain data. ``.bin`` / ``.ckpt`` / ``.pt`` are pickles; they are read with
 PyTorch's weights-only unpickler, which only rebuilds tensors and plain containers. There is
-deliberately no fallback to a full unpickle: a file that needs one is refused.
+deliberately no fallback to a full unpickle: a file that needs one is refused. Before PyTorch sees
+a pickle, ``pickle_scan`` bounds what unpickling and walking it can cost (nesting, sharing, storage
+sizes), so a small hostile file cannot hang, crash or exhaust the process either.
 
 Ordinary SD ``.ckpt`` files were saved by PyTorch Lightning and name a few classes besides tensors
 (the ``ModelCheckpoint`` callback class as a dict key, numpy scalars for scores). Those names are
@@ -24,12 +26,18 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file as _load_safetensors
 
 from ipa_studio.core.errors import ModelFileError, UnsafeFileError
+from ipa_studio.core.files import special_file_kind
+from ipa_studio.core.models.pickle_scan import check_pickle_file
 
 PICKLE_SUFFIXES = {".bin", ".ckpt", ".pt", ".pth"}
 SAFETENSORS_SUFFIX = ".safetensors"
 
 
 def _sniff(path: Path) -> bytes:
+    special = special_file_kind(path)
+    if special is not None:
+        # Opening a FIFO waits for a writer forever and a device never ends: refuse before opening.
+        raise ModelFileError(f"'{path}' is {special}, not a weight file.")
     try:
         with path.open("rb") as f:
             return f.read(512)
@@ -58,8 +66,15 @@ def describe_non_weights(head: bytes) -> str | None:
 class _TrainingLeftover:
     """Inert stand-in for the training-framework objects ordinary checkpoints carry.
 
-    The unpickler may create it and hand it a state dict; it stores the state and has no behaviour.
+    The unpickler may create it (called with any arguments, or through ``__new__``) and hand it a
+    state; it keeps the state and has no behaviour.
     """
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> _TrainingLeftover:
+        return super().__new__(cls)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        pass
 
     def __setstate__(self, state: Any) -> None:
         self.state = state
@@ -150,21 +165,52 @@ def load_weights(path: str | Path, *, mmap: bool = False) -> dict[str, torch.Ten
     )
 
 
-def _load_pickle(path: Path, head: bytes, *, mmap: bool = False) -> dict:
-    is_zip = head.startswith(b"PK")
-    if is_zip and not zipfile.is_zipfile(path):
+def unsafe_pickle_error(path: Path) -> UnsafeFileError:
+    """The refusal of a pickle that holds more than weights, in our words.
+
+    PyTorch's own message suggests retrying with ``weights_only=False``, which would run the file's
+    code; it must never reach the user.
+    """
+    return UnsafeFileError(
+        f"'{path.name}' was refused as unsafe: it contains code or objects other than weights, "
+        "and IPA Studio never runs code from model files. Use a .safetensors version of it."
+    )
+
+
+def check_pickles_in(folder: Path) -> None:
+    """Check every pickle weight file in a model folder (and its sub-folders) before a library such
+    as transformers or diffusers unpickles it: the same refusals as ``load_weights``."""
+    for file in sorted(folder.rglob("*")):
+        if file.suffix.lower() in PICKLE_SUFFIXES and not file.name.startswith(".") and file.is_file():
+            head = _sniff(file)
+            impostor = describe_non_weights(head)
+            if impostor:
+                raise ModelFileError(f"'{file.name}' cannot be used: {impostor}.")
+            _check_pickle(file, head)
+
+
+def _check_pickle(path: Path, head: bytes) -> None:
+    if head.startswith(b"PK") and not zipfile.is_zipfile(path):
         raise ModelFileError(
             f"'{path.name}' is truncated or damaged (its archive index is missing). Download it again."
         )
+    # Nesting, sharing and storage sizes are bounded before PyTorch builds anything from the file.
+    check_pickle_file(path)
+
+
+def _load_pickle(path: Path, head: bytes, *, mmap: bool = False) -> dict:
+    is_zip = head.startswith(b"PK")
+    _check_pickle(path, head)
     try:
         with _GLOBALS_LOCK, torch.serialization.safe_globals(list(checkpoint_globals())):
             state = torch.load(str(path), map_location="cpu", weights_only=True, mmap=mmap and is_zip)
     except pickle.UnpicklingError as exc:
-        raise UnsafeFileError(
-            f"'{path.name}' was refused as unsafe: it contains code or objects other than weights, "
-            "and IPA Studio never runs code from model files. Use a .safetensors version of it."
-        ) from exc
-    except (RuntimeError, EOFError, ValueError, zipfile.BadZipFile) as exc:
+        raise unsafe_pickle_error(path) from exc
+    except MemoryError:
+        raise
+    except Exception as exc:
+        # The file is untrusted input: whatever PyTorch raises while reading it (RuntimeError for a
+        # bad record, TypeError or AttributeError for a wrongly built object …) means "damaged".
         raise ModelFileError(
             f"'{path.name}' is truncated or damaged and cannot be read ({type(exc).__name__}). "
             "Download it again."
