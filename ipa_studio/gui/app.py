@@ -80,8 +80,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings_path = args.settings or default_settings_path()
     window = MainWindow(load_settings(settings_path), settings_path)
     _install_excepthook(window)
+    wake = _remove_temps_on_termination()  # noqa: F841 - the timer must live as long as the loop
     window.show()
     return app.exec()
+
+
+def _remove_temps_on_termination() -> object:
+    """SIGTERM / SIGHUP delete this process's half-written files before it ends (as in the CLI)."""
+    from PySide6.QtCore import QTimer
+
+    from ipa_studio.core.files import remove_temps_on_termination
+
+    remove_temps_on_termination()
+    # Python runs signal handlers only when the main thread runs Python code, and the main thread
+    # waits in Qt's event loop: a slow timer gives the handler its chance.
+    timer = QTimer()
+    timer.timeout.connect(lambda: None)
+    timer.start(250)
+    return timer
 
 
 def _set_icon(app: object) -> None:

@@ -175,7 +175,10 @@ def test_weights_of_something_else_are_not_a_diffusion_model(tmp_path: Path) -> 
     save_file({"conv1.weight": torch.zeros(8, 3, 7, 7), "fc.weight": torch.zeros(10, 8)}, path)
     found = detect(path)
     assert found.kind == "unknown" and found.reason.startswith("not a diffusion model")
-    assert "conv1.weight" in found.reason
+    assert "conv1.weight" in found.reason and "none of its 2 weights belong" in found.reason
+    single = tmp_path / "bias.safetensors"
+    save_file({"conv1.weight": torch.zeros(8, 3, 7, 7)}, single)
+    assert "its only weight does not belong" in detect(single).reason
 
 
 @pytest.mark.parametrize(

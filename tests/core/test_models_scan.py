@@ -133,7 +133,11 @@ def test_comfyui_install_is_listed_in_place_by_kind(tmp_path: Path, elsewhere: P
     link = next(e for e in entries if e.name == "deliberate_v2")
     assert link.path == root / "models" / "checkpoints" / "deliberate_v2.safetensors"
     assert {e.source.type for e in entries} == {"scan"}
-    assert not any(p.is_file() for p in (tmp_path / "library").rglob("*") if p.name not in ("library.json", ".library.lock"))
+    assert not any(
+        p.is_file()
+        for p in (tmp_path / "library").rglob("*")
+        if p.name not in ("library.json", ".library.lock")
+    )
     assert {p: p.stat().st_mtime_ns for p in root.rglob("*") if p.is_file()} == before  # nothing touched
     adapter = next(e for e in entries if e.kind == "adapter")
     assert lib.image_encoder_for(adapter).name == "CLIP-ViT-H-14-laion2B-s32B-b79K"

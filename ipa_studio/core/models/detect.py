@@ -396,12 +396,13 @@ def classify_shapes(
             fmt,
         )
     sample = ", ".join(keys[:3])
+    which = "its only weight does not" if len(keys) == 1 else f"none of its {len(keys)} weights"
     return _make(
         path,
         "unknown",
         "not a diffusion model",
-        f"not a diffusion model: none of its {len(keys)} weights belong to Stable Diffusion, an "
-        f"IP-Adapter, an image encoder, a ControlNet, a LoRA or an embedding (first keys: {sample})",
+        f"not a diffusion model: {which} belong to Stable Diffusion, an IP-Adapter, an image encoder, "
+        f"a ControlNet, a LoRA or an embedding (first keys: {sample})",
         fmt,
     )
 
