@@ -25,86 +25,67 @@ from PySide6.QtGui import QWheelEvent
 from PySide6.QtWidgets import QComboBox, QDoubleSpinBox, QSlider, QSpinBox, QWidget
 
 
-def _wheel_needs_focus(widget: QWidget) -> None:
-    # StrongFocus = Tab and click; the default of spin boxes and list boxes (WheelFocus) would let
-    # the wheel itself give them focus, and then take the scroll.
-    widget.setFocusPolicy(Qt.FocusPolicy.StrongFocus)
+class _WheelNeedsFocus:
+    """The wheel and display rules shared by every value widget (mixed in before the Qt class)."""
 
-
-class SpinBox(QSpinBox):
-    def __init__(self, parent: QWidget | None = None) -> None:
-        super().__init__(parent)
-        _wheel_needs_focus(self)
-        self.setKeyboardTracking(False)
+    def _take_focus_by_click_or_tab(self) -> None:
+        # StrongFocus = Tab and click; the default of spin boxes and list boxes (WheelFocus) would
+        # let the wheel itself give them focus, and then take the scroll.
+        self.setFocusPolicy(Qt.FocusPolicy.StrongFocus)  # type: ignore[attr-defined]
 
     def wheelEvent(self, event: QWheelEvent) -> None:  # noqa: N802 - Qt override
-        if self.hasFocus():
-            super().wheelEvent(event)
+        if self.hasFocus():  # type: ignore[attr-defined]
+            super().wheelEvent(event)  # type: ignore[misc]
         else:
             event.ignore()
 
-    def show_value(self, value: float) -> None:
-        """Show ``value`` (clamped to the range) without emitting ``valueChanged``."""
-        was = self.blockSignals(True)
+    def _show(self, value: float, *, whole: bool) -> None:
+        was = self.blockSignals(True)  # type: ignore[attr-defined]
         try:
-            self.setValue(round(_clamped(value, self.minimum(), self.maximum())))
+            shown = _clamped(value, self.minimum(), self.maximum())  # type: ignore[attr-defined]
+            self.setValue(round(shown) if whole else shown)  # type: ignore[attr-defined]
         finally:
-            self.blockSignals(was)
+            self.blockSignals(was)  # type: ignore[attr-defined]
 
 
-class DoubleSpinBox(QDoubleSpinBox):
+class SpinBox(_WheelNeedsFocus, QSpinBox):
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
-        _wheel_needs_focus(self)
+        self._take_focus_by_click_or_tab()
         self.setKeyboardTracking(False)
-
-    def wheelEvent(self, event: QWheelEvent) -> None:  # noqa: N802 - Qt override
-        if self.hasFocus():
-            super().wheelEvent(event)
-        else:
-            event.ignore()
 
     def show_value(self, value: float) -> None:
         """Show ``value`` (clamped to the range) without emitting ``valueChanged``."""
-        was = self.blockSignals(True)
-        try:
-            self.setValue(_clamped(value, self.minimum(), self.maximum()))
-        finally:
-            self.blockSignals(was)
+        self._show(value, whole=True)
 
 
-class Slider(QSlider):
+class DoubleSpinBox(_WheelNeedsFocus, QDoubleSpinBox):
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self._take_focus_by_click_or_tab()
+        self.setKeyboardTracking(False)
+
+    def show_value(self, value: float) -> None:
+        """Show ``value`` (clamped to the range) without emitting ``valueChanged``."""
+        self._show(value, whole=False)
+
+
+class Slider(_WheelNeedsFocus, QSlider):
     def __init__(
         self, orientation: Qt.Orientation = Qt.Orientation.Horizontal, parent: QWidget | None = None
     ) -> None:
         super().__init__(orientation, parent)
-        _wheel_needs_focus(self)
-
-    def wheelEvent(self, event: QWheelEvent) -> None:  # noqa: N802 - Qt override
-        if self.hasFocus():
-            super().wheelEvent(event)
-        else:
-            event.ignore()
+        self._take_focus_by_click_or_tab()
 
     def show_value(self, value: float) -> None:
         """Show ``value`` (rounded, clamped to the range) without emitting ``valueChanged``."""
-        was = self.blockSignals(True)
-        try:
-            self.setValue(round(_clamped(value, self.minimum(), self.maximum())))
-        finally:
-            self.blockSignals(was)
+        self._show(value, whole=True)
 
 
-class ComboBox(QComboBox):
+class ComboBox(_WheelNeedsFocus, QComboBox):
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
-        _wheel_needs_focus(self)
-
-    def wheelEvent(self, event: QWheelEvent) -> None:  # noqa: N802 - Qt override
-        if self.hasFocus():
-            super().wheelEvent(event)
-        else:
-            event.ignore()
+        self._take_focus_by_click_or_tab()
 
 
 VALUE_WIDGETS = (SpinBox, DoubleSpinBox, Slider, ComboBox)
