@@ -130,6 +130,20 @@ class ControlSpec:
 
 
 @dataclass(frozen=True)
+class LoraSpec:
+    """A LoRA applied on top of the base model for one job.
+
+    ``strength`` scales its UNet part; ``text_strength`` its text-encoder part (``None``: the same as
+    ``strength``, as A1111's ``<lora:name:1>`` does). A disabled LoRA stays listed but is not applied.
+    """
+
+    path: str | Path
+    strength: float = 1.0
+    text_strength: float | None = None
+    enabled: bool = True
+
+
+@dataclass(frozen=True)
 class ModelSpec:
     """Which files to run: base model (diffusers folder), IP-Adapter checkpoint, image encoder."""
 
@@ -157,6 +171,9 @@ class GenerationRequest:
     controls: tuple[ControlSpec, ...] = field(default_factory=tuple)
     negative_image: NegativeImage | None = None
     hires: HiresSpec | None = None
+    loras: tuple[LoraSpec, ...] = ()
+    # Textual-inversion files; each is used in the prompts by its name (the file's stem).
+    embeddings: tuple[str | Path, ...] = ()
 
     @property
     def mode(self) -> str:
