@@ -51,6 +51,7 @@ from ipa_studio.core.request import (
     HiresSpec,
     ImageSource,
     InitImage,
+    LoraSpec,
     MaskSpec,
     ModelSpec,
     NegativeImage,
@@ -399,6 +400,11 @@ class _Reader:
             "scale": _scale,
             "scheduler": _scheduler,
             "hires": lambda v: None if v is None else self._build(HiresSpec, v, {}),
+            "loras": lambda v: tuple(
+                self._build(LoraSpec, item, {"path": _path, "text_strength": _opt_number})
+                for item in self._list(v, "loras")
+            ),
+            "embeddings": lambda v: tuple(_path(item) for item in self._list(v, "embeddings")),
         }
         decided = {
             "references": tuple(references),
@@ -524,6 +530,14 @@ def _box(value: Any) -> tuple[int, int, int] | None:
     ):
         raise TypeError(f"a crop square must be three whole numbers, not {value!r}")
     return (value[0], value[1], value[2])
+
+
+def _opt_number(value: Any) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"a strength must be a number, not {value!r}")
+    return float(value)
 
 
 def _opt_path(value: Any) -> str | None:

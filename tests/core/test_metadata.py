@@ -24,6 +24,7 @@ from ipa_studio.core.request import (
     GenerationRequest,
     HiresSpec,
     InitImage,
+    LoraSpec,
     MaskSpec,
     ModelSpec,
     NegativeImage,
@@ -70,6 +71,11 @@ def full_request() -> GenerationRequest:
         ),
         negative_image=NegativeImage("negative.png", noise=0.25),
         hires=HiresSpec(scale=1.5, strength=0.4, steps=12, upscaler="4x-model"),
+        loras=(
+            LoraSpec("loras/ink_style.safetensors", strength=0.6, text_strength=0.3, enabled=False),
+            LoraSpec("loras/lcm-lora-sdv1-5.safetensors", strength=1.5, text_strength=1.25, enabled=False),
+        ),
+        embeddings=("embeddings/EasyNegative.safetensors",),
     )
 
 
