@@ -114,7 +114,9 @@ class MainWindow(QMainWindow):
         self.state = ViewState(settings.last, settings.models)
         self.library = LibraryWorker(library_root(settings.models_path), self)  # starts with its first scan
         self.loader = ImageLoader(self)
-        self.worker = GenerationWorker(engine_factory or default_engine_factory(settings.device))
+        self.worker = GenerationWorker(
+            engine_factory or default_engine_factory(settings.device, settings.library_path)
+        )
         self._jobs: dict[int, GenerationRequest] = {}
         self._running: int | None = None
         self._live = False  # the large view follows the running job's preview
@@ -170,7 +172,14 @@ class MainWindow(QMainWindow):
         self.banner = Banner(central)
 
         # --- Create tab: controls | picture over history
-        self.references = ReferencesPanel(self.state, self.loader, lambda: self.outputs_dir / "references")
+        from ipa_studio.core.references import ReferenceStore
+
+        self.references = ReferencesPanel(
+            self.state,
+            self.loader,
+            lambda: self.outputs_dir / "references",
+            library=ReferenceStore(self.settings.library_path),
+        )
         self.prompt = PromptPanel(self.state)
         self.balance = BalancePanel(self.state)
         self.settings_panel = SettingsPanel(self.state)
