@@ -37,6 +37,7 @@ def add_references(window: MainWindow, qtbot, paths: list[Path]) -> list[Referen
     window.references.add_files(paths)
     cards = [window.references.cards[r.uid] for r in window.state.references]
     qtbot.waitUntil(lambda: all(card.has_crop() for card in cards), timeout=30_000)
+    QApplication.processEvents()  # laid out before anyone clicks into them
     return cards
 
 
