@@ -99,7 +99,7 @@ def test_more_is_collapsed_and_the_step_window_reaches_the_picture_and_comes_bac
     type_into(qtbot, card.end_spin, "0.8")
     [item] = window.state.references
     assert (item.start, item.end) == (0.2, 0.8)
-    assert "steps 0.2–0.8" in card.seen.text()
+    assert "steps 0.2–0.8" in card.tags.text()
 
     assert run_job(window, qtbot) == "finished"
     stored = last_request(window).references[0]
@@ -167,7 +167,7 @@ def test_crop_editor_drags_and_resizes_the_square_and_the_card_shows_the_encoder
     assert box == (20, 0, 200)
 
     view = EncoderView("crop", box)
-    qtbot.waitUntil(lambda: card.encoder_image.width() == ENC_IMAGE and "crop" in card.seen.text())
+    qtbot.waitUntil(lambda: card.encoder_image.width() == ENC_IMAGE and "crop" in card.tags.text())
     qtbot.waitUntil(
         lambda: np.array_equal(shown_pixels(card), np.asarray(encoder_inputs(path, view, ENC_IMAGE)[0]))
     )

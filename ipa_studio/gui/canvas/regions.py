@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 from PySide6.QtCore import Qt, Signal
-from PySide6.QtGui import QColor, QImage
+from PySide6.QtGui import QColor, QImage, QShowEvent
 from PySide6.QtWidgets import QLabel, QToolButton, QVBoxLayout, QWidget
 
 from ipa_studio.core.errors import IPAStudioError
@@ -47,10 +47,10 @@ HINT = (
 def _sheet(width: int, height: int) -> QImage:
     """A neutral background of the picture's size: a soft checker, so the tints read clearly."""
     cell = max(8, min(width, height) // 16)
-    ys, xs = np.mgrid[0:height, 0:width]
-    checker = ((xs // cell + ys // cell) % 2).astype(np.uint8)
-    grey = np.where(checker, 74, 62).astype(np.uint8)
-    return pil_to_qimage(Image.fromarray(np.stack([grey] * 3, axis=-1), "RGB"))
+    # Broadcast rows against columns: one byte per pixel, never a full coordinate grid.
+    checker = ((np.arange(height)[:, None] // cell + np.arange(width)[None, :] // cell) % 2).astype(bool)
+    grey = np.where(checker, np.uint8(74), np.uint8(62))
+    return pil_to_qimage(Image.fromarray(grey, "L").convert("RGB"))
 
 
 def _open_background(path: str, size: tuple[int, int]) -> QImage:
@@ -111,6 +111,7 @@ class RegionEditor(QWidget):
         self._loading: dict[int, str] = {}  # uid → the mask file on its way from the loader
         self._size = (0, 0)
         self._background_key: tuple = ()
+        self._background_shown: tuple = ()
         self._token = 0
         self.selected: int | None = None
         self._spare = MaskLayer(parent=self)  # painted when there is no reference (nothing is saved)
@@ -302,6 +303,8 @@ class RegionEditor(QWidget):
         return (self.state.width, self.state.height)
 
     def _update_background(self) -> None:
+        """Regions follow the picture's size at once; what lies under them is drawn only while the
+        page is shown (a start picture is decoded on the loader thread, then)."""
         size = self.region_size()
         init = self.state.init_path if self.state.mode != "txt2img" else ""
         key = (size, init, bool(self.state.references))
@@ -310,7 +313,17 @@ class RegionEditor(QWidget):
         self._background_key = key
         if size != self._size:
             self._resize_layers(size)
-        if not self.state.references:
+        self._background_shown = ()
+        if self.isVisible():
+            self._show_background()
+
+    def _show_background(self) -> None:
+        key = self._background_key
+        if not key or key == self._background_shown:
+            return
+        self._background_shown = key
+        size, init, any_reference = key
+        if not any_reference:
             self.canvas.set_image(None)
             return
         if init:
@@ -321,6 +334,10 @@ class RegionEditor(QWidget):
                 "opening the start picture",
             )
         self.canvas.set_image(_sheet(*size))  # at once; the start picture replaces it when it arrives
+
+    def showEvent(self, event: QShowEvent) -> None:  # noqa: N802 - Qt override
+        super().showEvent(event)
+        self._show_background()
 
     def _resize_layers(self, size: tuple[int, int]) -> None:
         """Regions follow a new picture size (scaled), so what was left stays left."""

@@ -38,6 +38,7 @@ from ipa_studio.gui.loader import ImageLoader
 from ipa_studio.gui.panels.crop_editor import CropEditor, centre_box
 from ipa_studio.gui.qimage import pil_to_qimage
 from ipa_studio.gui.state import LIMITS, ReferenceItem, ViewState
+from ipa_studio.gui.widgets.elided import ElidedLabel
 from ipa_studio.gui.widgets.fields import ComboBox, DoubleSpinBox, Slider
 from ipa_studio.gui.widgets.section import Section
 
@@ -55,6 +56,10 @@ FITS: tuple[tuple[str, str, str], ...] = (
     ("crop", "Crop", "A square you choose: drag it on the picture, drag a corner to resize it"),
     ("pad", "Pad to square", "The whole picture on a black square: nothing is cut, the subject is smaller"),
     ("tile", "Tile", "The whole picture as up to four overlapping squares along its long side"),
+)
+REGION_TIP = (
+    "Where in the picture this reference acts (white = here). Without a region it acts "
+    "everywhere; with one, reference A can drive the left and B the right."
 )
 REGION_COLOURS = ("#ff6b4a", "#3d9bff", "#4cd07d", "#ffc933", "#b86bff", "#24d0d0")
 """Each reference's region tint on the Regions canvas and its swatch on the card, by position."""
@@ -151,12 +156,18 @@ class ReferenceCard(QFrame):
         name.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
         name_row.addWidget(self.swatch)
         name_row.addWidget(name, 1)
-        self.seen = QLabel("← what the model sees")
+        self.seen = QLabel("← what the encoder sees")
         self.seen.setObjectName("hint")
         self.seen.setToolTip(CROP_TIP)
         self.seen.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
+        # What is set under More, in a word each, so a closed card still says it.
+        self.tags = QLabel()
+        self.tags.setObjectName("hint")
+        self.tags.setWordWrap(True)
+        self.tags.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
         column.addLayout(name_row)
         column.addWidget(self.seen)
+        column.addWidget(self.tags)
         column.addStretch(1)
 
         weight_row = QHBoxLayout()
@@ -264,13 +275,9 @@ class ReferenceCard(QFrame):
         self.crop_editor.hide()
         grid.addWidget(self.crop_editor, 2, 0, 1, 2)
 
-        region_tip = (
-            "Where in the picture this reference acts (white = here). Without a region it acts "
-            "everywhere; with one, reference A can drive the left and B the right."
-        )
-        self.region_status = QLabel()
+        region_tip = REGION_TIP
+        self.region_status = ElidedLabel(mode=Qt.TextElideMode.ElideRight)  # never widens the column
         self.region_status.setObjectName("hint")
-        self.region_status.setToolTip(region_tip)
         self.paint_button = QPushButton("Paint")
         self.paint_button.setToolTip("Paint this reference's region on the Regions canvas")
         self.paint_button.clicked.connect(lambda: self.paint_region_requested.emit(self.uid))
@@ -344,7 +351,7 @@ class ReferenceCard(QFrame):
             region = "Painted on the canvas"
         else:
             region = "From " + Path(item.mask_path).name
-        self.region_status.setText(region)
+        self.region_status.set_full_text(region, f"{region}. {REGION_TIP}")
         self.clear_region_button.setEnabled(bool(item.mask_path))
         self.set_index(index)
         tags = []
@@ -354,7 +361,8 @@ class ReferenceCard(QFrame):
             tags.append(dict((v, t) for v, t, _ in FITS)[item.fit].lower())
         if item.mask_path:
             tags.append("region")
-        self.seen.setText("← what the model sees" + (" · " + ", ".join(tags) if tags else ""))
+        self.tags.setText(" · ".join(tags))
+        self.tags.setVisible(bool(tags))
 
     def set_index(self, index: int) -> None:
         colour = region_colour(index)
