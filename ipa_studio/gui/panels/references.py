@@ -289,12 +289,13 @@ class ReferenceCard(QFrame):
         self.clear_region_button.clicked.connect(lambda: self.state.update_reference(self.uid, mask_path=""))
         row = QHBoxLayout()
         row.setSpacing(4)
-        row.addWidget(self.region_status, 1)
         row.addWidget(self.paint_button)
         row.addWidget(self.load_button)
         row.addWidget(self.clear_region_button)
+        row.addStretch(1)
         grid.addWidget(_label("Region", region_tip), 3, 0)
-        grid.addLayout(row, 3, 1)
+        grid.addWidget(self.region_status, 3, 1)
+        grid.addLayout(row, 4, 1)
 
         self.save_button = QPushButton("Save to library")
         self.save_button.setToolTip(
@@ -302,7 +303,7 @@ class ReferenceCard(QFrame):
             "(also after a restart) skips the image encoder"
         )
         self.save_button.clicked.connect(lambda: self.save_requested.emit(self.uid))
-        grid.addWidget(self.save_button, 4, 1, Qt.AlignmentFlag.AlignLeft)
+        grid.addWidget(self.save_button, 5, 1, Qt.AlignmentFlag.AlignLeft)
 
     def set_more_open(self, on: bool) -> None:
         if self.more_button.isChecked() != on:
