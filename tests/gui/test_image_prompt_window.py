@@ -319,3 +319,70 @@ def test_the_library_drags_onto_the_references(window: MainWindow, qtbot, refere
     assert enter.isAccepted()
     QApplication.sendEvent(panel, QDropEvent(QPointF(20, 20), *args))
     assert [Path(r.path).resolve() for r in window.state.references] == [entry.path.resolve()]
+
+
+def test_gui_does_not_stall_while_the_controls_are_used_during_a_generation(
+    window: MainWindow, qtbot, reference_files, tmp_path: Path
+) -> None:
+    """The 50 ms budget holds with every control set, while a crop square is dragged (its encoder
+    input is recomputed) and a region is painted (and saved) during the job."""
+    from tests.gui.test_generation import StallMeter
+
+    window.state.set("width", 256)
+    window.state.set("height", 256)
+    window.state.set("steps", 16)
+    first, second = add_references(window, qtbot, reference_files)
+    negative = tmp_path / "negative.png"
+    make_reference_image(11, size=(300, 200)).save(negative)
+    window.state.set_negative(path=negative, noise=0.4)
+    open_more(qtbot, first)
+    choose_fit(qtbot, first, "Crop")
+    qtbot.waitUntil(lambda: first.crop_editor.has_picture() and window.state.references[0].box is not None)
+    window.show_regions(window.state.references[1].uid)
+    paint(window, [(0.6, 0.2), (0.7, 0.8)])
+    before = window.state.references[0].box
+    region_before = window.state.references[1].mask_path
+
+    did: list[str] = []
+
+    def use_the_controls(_job: int, step: int, *_rest: object) -> None:
+        if step != 3 or did:
+            return
+        did.append("drag")
+        rect = first.crop_editor.box_rect()
+        drag(first.crop_editor, rect.center(), rect.center() + QPointF(rect.width() / 3, 0))
+        window.show_regions(window.state.references[1].uid)  # Generate showed the Result page
+        paint(window, [(0.1, 0.1), (0.3, 0.9)])
+        did.append("paint")
+
+    window.worker.job_progress.connect(use_the_controls, Qt.ConnectionType.QueuedConnection)
+    with StallMeter() as job:
+        assert run_job(window, qtbot) == "finished"
+        qtbot.waitUntil(lambda: first.encoder_image.width() == ENC_IMAGE and not window.loader.active())
+    print(
+        f"\nworst GUI stall: {job.worst_ms:.1f} ms using the controls during a job ({len(job.ticks)} ticks)"
+    )
+    assert did == ["drag", "paint"]
+    assert window.state.references[0].box != before  # the drag moved it
+    assert window.state.references[1].mask_path not in ("", region_before)  # the stroke was saved
+    assert len(job.ticks) > 20
+    assert job.worst_ms < 50, f"the GUI thread stalled for {job.worst_ms:.1f} ms"
+
+
+def test_settings_of_another_program_leave_the_reference_controls_alone(
+    window: MainWindow, qtbot, reference_files
+) -> None:
+    from ipa_studio.core.foreign_metadata import read_foreign_settings
+    from ipa_studio.gui.foreign_settings import apply_foreign_settings
+
+    add_references(window, qtbot, reference_files[:1])
+    uid = window.state.references[0].uid
+    window.state.update_reference(uid, start=0.3, fit="pad")
+    window.state.set_negative(noise=0.5)
+    a1111 = {"parameters": "a lighthouse\nSteps: 20, Sampler: Euler a, CFG scale: 6, Seed: 7, Size: 512x512"}
+    found = read_foreign_settings(a1111)
+    assert found is not None
+    apply_foreign_settings(window.state, found)
+    assert window.state.prompt == "a lighthouse"
+    item = window.state.reference(uid)
+    assert (item.start, item.fit, window.state.negative_noise) == (0.3, "pad", 0.5)
