@@ -63,10 +63,18 @@ class ModelPaths:
 
 @dataclass
 class ReferenceValue:
-    """A reference image of the panel: its file and its weight."""
+    """A reference image of the panel: its file, its weight and its image-prompt controls."""
 
     path: str = ""
     weight: float = 1.0
+    start: float = 0.0
+    end: float = 1.0
+    fit: str = "centre"
+    """What the encoder sees: "centre", "crop", "pad" or "tile"."""
+    crop: str = ""
+    """The crop square as "left,top,side" in the picture's pixels ("" = none chosen yet)."""
+    mask: str = ""
+    """Its region mask file ("" = everywhere)."""
 
 
 @dataclass

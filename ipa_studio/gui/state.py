@@ -216,7 +216,7 @@ class ViewState(QObject):
         for ref in saved:
             if ref.path and Path(ref.path).is_file():
                 weight = _clamp(ref.weight, *LIMITS["weight"])
-                self.references.append(ReferenceItem(next(_uids), ref.path, weight))
+                self.references.append(_remembered(next(_uids), ref, weight))
             else:
                 lost += 1
         if lost:
@@ -647,8 +647,37 @@ class ViewState(QObject):
             height=self.height,
             scheduler=self.scheduler,
             num_images=self.num_images,
-            references=[ReferenceValue(r.path, r.weight) for r in self.references],
+            references=[
+                ReferenceValue(
+                    r.path,
+                    r.weight,
+                    r.start,
+                    r.end,
+                    r.fit,
+                    ",".join(str(v) for v in r.box) if r.box is not None else "",
+                    r.mask_path,
+                )
+                for r in self.references
+            ],
         )
+
+
+def _remembered(uid: int, ref: ReferenceValue, weight: float) -> ReferenceItem:
+    """A reference from the settings file; a control it cannot use goes back to its default (the
+    file is edited by hand at times, and a mask may have been deleted since)."""
+    start, end = _clamp(ref.start, 0.0, 1.0), _clamp(ref.end, 0.0, 1.0)
+    if start > end:
+        start, end = 0.0, 1.0
+    fit = ref.fit if ref.fit in ENCODER_FITS else "centre"
+    box = None
+    try:
+        left, top, side = (int(v) for v in ref.crop.split(","))
+        if side >= 1 and left >= 0 and top >= 0:
+            box = (left, top, side)
+    except ValueError:
+        pass
+    mask = ref.mask if ref.mask and Path(ref.mask).is_file() else ""
+    return ReferenceItem(uid, ref.path, weight, start, end, fit, box, mask)
 
 
 def _multiple_of_8(value: float) -> int:

@@ -386,3 +386,28 @@ def test_settings_of_another_program_leave_the_reference_controls_alone(
     assert window.state.prompt == "a lighthouse"
     item = window.state.reference(uid)
     assert (item.start, item.fit, window.state.negative_noise) == (0.3, "pad", 0.5)
+
+
+def test_the_reference_controls_come_back_after_a_restart(
+    make_window, qtbot, tmp_path: Path, tiny_models, reference_files
+) -> None:
+    from ipa_studio.core.settings import load_settings
+
+    path = tmp_path / "settings.json"
+    first = make_window(tiny_settings(tmp_path, tiny_models), path, check_network=False)
+    a, b = add_references(first, qtbot, reference_files)
+    open_more(qtbot, a)
+    type_into(qtbot, a.start_spin, "0.25")
+    choose_fit(qtbot, a, "Crop")
+    uid_a, uid_b = (r.uid for r in first.state.references)
+    qtbot.waitUntil(lambda: first.state.reference(uid_a).box is not None)
+    first.show_regions(uid_b)
+    paint(first, [(0.8, 0.2), (0.8, 0.8)])
+    before = [(r.start, r.end, r.fit, r.box, r.mask_path) for r in first.state.references]
+    assert before[1][4]
+    first.shutdown()
+
+    again = make_window(load_settings(path), path, check_network=False)
+    assert [(r.start, r.end, r.fit, r.box, r.mask_path) for r in again.state.references] == before
+    uid = again.state.references[1].uid
+    qtbot.waitUntil(lambda: not again.regions.layers[uid].is_empty())
