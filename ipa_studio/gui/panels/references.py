@@ -43,6 +43,7 @@ from ipa_studio.gui.widgets.fields import ComboBox, DoubleSpinBox, Slider
 from ipa_studio.gui.widgets.section import Section
 
 CARD_THUMB = 96
+CACHE_ENTRIES = 64  # encoder inputs and editor pictures kept in memory, so going back is instant
 EDITOR_PICTURE = 480  # the crop editor shows a copy this large at most; the square is in real pixels
 IMAGE_FILTER = "Images (*.png *.jpg *.jpeg *.webp *.bmp *.gif *.tif *.tiff);;All files (*)"
 MASK_FILTER = "PNG mask (*.png);;Images (*.png *.jpg *.jpeg *.webp *.bmp *.tif *.tiff);;All files (*)"
@@ -804,6 +805,8 @@ class ReferencesPanel(Section):
                 self.message.emit(error)
                 return
             self._pictures[path] = image
+            while len(self._pictures) > CACHE_ENTRIES:
+                self._pictures.pop(next(iter(self._pictures)))
             card = self.cards.get(uid)
             if card is not None:
                 card.set_picture(image)
@@ -818,6 +821,8 @@ class ReferencesPanel(Section):
             self.message.emit(error)
             return
         self._crops[view_key] = image
+        while len(self._crops) > CACHE_ENTRIES:  # every crop square tried is one entry
+            self._crops.pop(next(iter(self._crops)))
         item = self.state.reference(uid)
         if card is not None and item is not None and self._view_key(item) == view_key:
             card.set_crop(image)  # (an answer for a view since changed again is only cached)
