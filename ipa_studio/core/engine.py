@@ -397,7 +397,15 @@ class Engine:
                 self.reference_store.save_features(content, disk, features, about)
             return features
 
-        return self._features.get_or(key, make)
+        features = self._features.get_or(key, make)
+        if noise == 0 and self.reference_store is not None and self.reference_store.contains(content):
+            # Saved to the library after it was encoded (it came from memory, not from make):
+            # write its features now, so after a restart it still costs no encoder call.
+            disk = self._disk_key(content, view, hidden)
+            if disk is not None and not self.reference_store.has_features(content, disk):
+                about = {"encoder": str(enc.path), "view": view_text(view), "dtype": str(self.dtype)}
+                self.reference_store.save_features(content, disk, features, about)
+        return features
 
     def _disk_key(self, content: str, view: EncoderView, hidden: bool) -> str | None:
         """The reference library's name for these features, or None when the picture is not saved."""

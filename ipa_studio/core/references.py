@@ -26,15 +26,20 @@ import secrets
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 from PIL import Image
 
 from ipa_studio.core.errors import IPAStudioError, RequestError
 from ipa_studio.core.images import content_hash, load_image, read_png_metadata, save_png
 from ipa_studio.core.request import ENCODER_FITS, EncoderView, ImageSource
+
+if TYPE_CHECKING:
+    import torch
+
+# torch is imported where it is used: the window lists the reference library and shows what the
+# encoder sees without loading it on its own thread (the engine's thread has it anyway).
 
 __all__ = [
     "MAX_TILES",
@@ -74,6 +79,8 @@ def _processor(size: int) -> Any:
 
 def _clip_square(image: Image.Image, size: int) -> Image.Image:
     """CLIP's resize (short side to ``size``, bicubic) and centre crop, stopped before rescaling."""
+    import torch
+
     pixels = _processor(size)(image, do_rescale=False, do_normalize=False, return_tensors="pt").pixel_values
     return Image.fromarray(pixels[0].permute(1, 2, 0).to(torch.uint8).numpy(), "RGB")
 
@@ -160,6 +167,8 @@ def noised(square: Image.Image, amount: float) -> Image.Image:
     """
     if amount <= 0:
         return square
+    import torch
+
     seed = int(content_hash(square)[:15], 16)
     generator = torch.Generator("cpu").manual_seed(seed)
     pixels = torch.from_numpy(np.asarray(square, dtype=np.float32) / 255.0)
@@ -180,6 +189,8 @@ def encoder_fingerprint(model: torch.nn.Module) -> str:
     its values (up to 1024): two different encoders (fine-tunes change every weight) differ, the
     same weights read from another folder or format agree.
     """
+    import torch
+
     digest = hashlib.sha256()
     config = getattr(model, "config", None)
     if config is not None:
@@ -297,6 +308,9 @@ class ReferenceStore:
             self._picture(content).unlink()
 
     # --- features ---
+
+    def has_features(self, content: str, key: str) -> bool:
+        return (self._features_dir(content) / f"{key}.safetensors").is_file()
 
     def load_features(self, content: str, key: str) -> torch.Tensor | None:
         path = self._features_dir(content) / f"{key}.safetensors"

@@ -63,10 +63,18 @@ class ModelPaths:
 
 @dataclass
 class ReferenceValue:
-    """A reference image of the panel: its file and its weight."""
+    """A reference image of the panel: its file, its weight and its image-prompt controls."""
 
     path: str = ""
     weight: float = 1.0
+    start: float = 0.0
+    end: float = 1.0
+    fit: str = "centre"
+    """What the encoder sees: "centre", "crop", "pad" or "tile"."""
+    crop: str = ""
+    """The crop square as "left,top,side" in the picture's pixels ("" = none chosen yet)."""
+    mask: str = ""
+    """Its region mask file ("" = everywhere)."""
 
 
 @dataclass
@@ -107,6 +115,9 @@ class Settings:
     annotators_dir: str = ""
     """Where the pose/depth preprocessor weights are; empty = ``annotators`` in the models folder."""
     device: str = "auto"
+    library_dir: str = ""
+    """The reference library (saved references and their encoder features); empty = the user data
+    folder's ``references``, the command line's default too."""
     dialog_folders: dict[str, str] = field(default_factory=dict)
     """The folder each kind of file dialog showed last ("reference", "mask", "model file" …)."""
     last: LastValues = field(default_factory=LastValues)
@@ -115,6 +126,14 @@ class Settings:
     @property
     def outputs_path(self) -> Path:
         return Path(self.outputs_dir).expanduser() if self.outputs_dir else default_outputs_dir()
+
+    @property
+    def library_path(self) -> Path:
+        if self.library_dir:
+            return Path(self.library_dir).expanduser()
+        from ipa_studio.core.references import default_store_dir
+
+        return default_store_dir()
 
     @property
     def models_path(self) -> Path:

@@ -1,10 +1,11 @@
 """Copies of the pictures a saved result was made from, so it can always be made again.
 
-A saved PNG records its request, and a request names its reference images and start picture by
-path. A reference that is later moved, renamed, edited or deleted would make the picture impossible
-to remake, so before a job runs every such file is copied into the outputs folder, under the hash
-of its bytes (``references/kept/<hash>/<its own name>``): the request, and so the PNG, names the
-copy. Equal files share one copy, and its own name stays readable on the reference card.
+A saved PNG records its request, and a request names its reference images (and their region
+masks), start picture and negative image by path. A reference that is later moved, renamed, edited
+or deleted would make the picture impossible to remake, so before a job runs every such file is
+copied into the outputs folder, under the hash of its bytes (``references/kept/<hash>/<name>``):
+the request, and so the PNG, names the copy. Equal files share one copy, and its own name stays
+readable on the reference card.
 
 Pictures already inside the outputs folder (history, pasted and kept pictures, painted masks) stay
 where they are. Runs on the worker thread: hashing a large photo must not stall the window.
@@ -77,11 +78,17 @@ def keep_inputs(request: GenerationRequest, outputs_dir: Path) -> tuple[Generati
             )
             return image
 
-    references = tuple(replace(r, image=kept(r.image)) for r in request.references)
+    references = tuple(
+        replace(r, image=kept(r.image), mask=kept(r.mask) if r.mask is not None else None)
+        for r in request.references
+    )
     init = request.init
     if init is not None:
         init = replace(init, image=kept(init.image))
-    return request.replace(references=references, init=init), notes
+    negative = request.negative_image
+    if negative is not None and negative.image is not None:
+        negative = replace(negative, image=kept(negative.image))
+    return request.replace(references=references, init=init, negative_image=negative), notes
 
 
 def _inside(path: Path, folder: Path) -> bool:

@@ -43,6 +43,7 @@ from ipa_studio.core.request import GenerationRequest, ModelSpec
 from ipa_studio.core.settings import Settings, save_settings
 from ipa_studio.gui import dialogs
 from ipa_studio.gui.canvas.editor import CanvasEditor
+from ipa_studio.gui.canvas.regions import RegionEditor
 from ipa_studio.gui.foreign_settings import apply_foreign_settings
 from ipa_studio.gui.library import LibraryWorker, library_root
 from ipa_studio.gui.loader import ImageLoader
@@ -114,7 +115,9 @@ class MainWindow(QMainWindow):
         self.state = ViewState(settings.last, settings.models)
         self.library = LibraryWorker(library_root(settings.models_path), self)  # starts with its first scan
         self.loader = ImageLoader(self)
-        self.worker = GenerationWorker(engine_factory or default_engine_factory(settings.device))
+        self.worker = GenerationWorker(
+            engine_factory or default_engine_factory(settings.device, settings.library_path)
+        )
         self._jobs: dict[int, GenerationRequest] = {}
         self._running: int | None = None
         self._live = False  # the large view follows the running job's preview
@@ -170,7 +173,14 @@ class MainWindow(QMainWindow):
         self.banner = Banner(central)
 
         # --- Create tab: controls | picture over history
-        self.references = ReferencesPanel(self.state, self.loader, lambda: self.outputs_dir / "references")
+        from ipa_studio.core.references import ReferenceStore
+
+        self.references = ReferencesPanel(
+            self.state,
+            self.loader,
+            lambda: self.outputs_dir / "references",
+            library=ReferenceStore(self.settings.library_path),
+        )
         self.prompt = PromptPanel(self.state)
         self.balance = BalancePanel(self.state)
         self.settings_panel = SettingsPanel(self.state)
@@ -232,6 +242,9 @@ class MainWindow(QMainWindow):
         self.view_tabs.addTab(self.result_page, "Result")
         self.view_tabs.addTab(self.canvas, "Canvas")
         self.view_tabs.setTabToolTip(1, "The start picture for img2img and inpainting, and its mask")
+        self.regions = RegionEditor(self.state, self.loader, lambda: self.outputs_dir / "references")
+        self.view_tabs.addTab(self.regions, "Regions")
+        self.view_tabs.setTabToolTip(2, "Where in the picture each reference image acts")
         right_layout.addWidget(self.view_tabs, 1)
         right_layout.addWidget(history_title)
         right_layout.addWidget(self.gallery)
@@ -333,6 +346,8 @@ class MainWindow(QMainWindow):
         w.models_loaded.connect(self._on_models_loaded, queued)
 
         self.references.message.connect(self.show_error)
+        self.references.paint_region.connect(self.show_regions)
+        self.regions.message.connect(lambda text, kind: self.banner.show_message(text, kind))
         self.init_panel.message.connect(self.show_error)
         self.init_panel.show_canvas.connect(self.show_canvas)
         self.canvas.message.connect(lambda text, kind: self.banner.show_message(text, kind))
@@ -365,10 +380,19 @@ class MainWindow(QMainWindow):
         set_reading_tab_order(self)
 
     def _on_view_tab(self, _index: int) -> None:
-        if self.view_tabs.currentWidget() is self.canvas:
+        page = self.view_tabs.currentWidget()
+        if page in (self.canvas, self.regions):
             # Its keys ([ ] brush size, X, Ctrl+Z) work at once, without a click that would paint.
-            self.canvas.canvas.setFocus(Qt.FocusReason.OtherFocusReason)
+            page.canvas.setFocus(Qt.FocusReason.OtherFocusReason)
         self._place_banner()
+
+    def show_regions(self, uid: int | None = None) -> None:
+        """The Regions page, painting the region of reference ``uid``."""
+        if uid is not None:
+            self.regions.select(uid)
+        self.tabs.setCurrentIndex(CREATE_TAB)
+        self.view_tabs.setCurrentWidget(self.regions)
+        self.regions.canvas.setFocus(Qt.FocusReason.OtherFocusReason)
 
     # ------------------------------------------------------------------ models
     def _show_models_tab_state(self) -> None:
@@ -716,7 +740,8 @@ class MainWindow(QMainWindow):
         """What the message floats over: the picture (never the buttons around it) on the Create
         tab, the top of the page on the others."""
         if self.tabs.currentIndex() == CREATE_TAB:
-            return self.view if self.view_tabs.currentWidget() is self.result_page else self.canvas.canvas
+            page = self.view_tabs.currentWidget()
+            return self.view if page is self.result_page else page.canvas
         page = self.tabs.currentWidget()
         return page.viewport() if hasattr(page, "viewport") else page
 

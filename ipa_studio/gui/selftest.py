@@ -45,6 +45,7 @@ def demo_settings(folder: Path, models: ModelPaths, **last: object) -> Settings:
         models=models,
         models_dir=str(folder / "models"),
         outputs_dir=str(folder / "outputs"),
+        library_dir=str(folder / "library"),
         last=LastValues(**values),  # type: ignore[arg-type]
     )
 

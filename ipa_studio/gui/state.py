@@ -19,12 +19,15 @@ from PySide6.QtCore import QObject, Signal
 
 from ipa_studio.core.errors import RequestError
 from ipa_studio.core.request import (
+    ENCODER_FITS,
     SCHEDULERS,
     ControlSpec,
+    EncoderView,
     GenerationRequest,
     InitImage,
     MaskSpec,
     ModelSpec,
+    NegativeImage,
     Reference,
 )
 from ipa_studio.core.settings import LastValues, ModelPaths, ReferenceValue
@@ -71,9 +74,29 @@ PRESETS: dict[str, tuple[float, bool]] = {
 
 @dataclass(frozen=True)
 class ReferenceItem:
+    """One reference card: the picture, its weight and its image-prompt controls.
+
+    ``start`` / ``end``: the part of the steps it acts in (fractions). ``fit`` / ``box``: what the
+    encoder sees (``box`` = left, top, side of the crop square, in the picture's pixels, kept while
+    another fit is chosen so going back to "crop" finds it again). ``mask_path``: its region ("" =
+    everywhere).
+    """
+
     uid: int
     path: str
     weight: float = 1.0
+    start: float = 0.0
+    end: float = 1.0
+    fit: str = "centre"
+    box: tuple[int, int, int] | None = None
+    mask_path: str = ""
+
+    @property
+    def view(self) -> EncoderView:
+        """What the engine is told the encoder sees; "crop" before a square exists is the centre."""
+        if self.fit == "crop":
+            return EncoderView("crop", self.box) if self.box is not None else EncoderView()
+        return EncoderView(self.fit)  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True)
@@ -138,6 +161,8 @@ class ViewState(QObject):
     # A control's values changed (not added or removed: that is changed("controls")). Its own signal,
     # so one card updates and the others are not rebuilt while a slider is dragged.
     control_changed = Signal(int)
+    # One reference's controls changed (window, view, region), not the list: changed("references").
+    reference_changed = Signal(int)
 
     def __init__(self, last: LastValues | None = None, models: ModelPaths | None = None) -> None:
         super().__init__()
@@ -168,6 +193,9 @@ class ViewState(QObject):
         self.mask_padding = 32
         self.mask_blur = 4
         self.references: list[ReferenceItem] = []
+        # Negative image prompt: a picture for the unconditional branch and / or a noise amount.
+        self.negative_path = ""
+        self.negative_noise = 0.0
         self.controls: list[ControlItem] = []
         self.models = replace(models) if models is not None else ModelPaths()
         self._restore_references(last.references)
@@ -188,7 +216,7 @@ class ViewState(QObject):
         for ref in saved:
             if ref.path and Path(ref.path).is_file():
                 weight = _clamp(ref.weight, *LIMITS["weight"])
-                self.references.append(ReferenceItem(next(_uids), ref.path, weight))
+                self.references.append(_remembered(next(_uids), ref, weight))
             else:
                 lost += 1
         if lost:
@@ -266,6 +294,47 @@ class ViewState(QObject):
     def clear_references(self) -> None:
         self.references = []
         self.changed.emit("references")
+
+    def reference(self, uid: int) -> ReferenceItem | None:
+        return next((r for r in self.references if r.uid == uid), None)
+
+    def update_reference(self, uid: int, **changes: object) -> ReferenceItem | None:
+        """Change a reference's image-prompt controls (``start``, ``end``, ``fit``, ``box``,
+        ``mask_path``); values are checked and brought into range. Emits ``reference_changed``."""
+        old = self.reference(uid)
+        if old is None:
+            return None  # removed meanwhile (a file dialog was open, a mask was being saved)
+        values = {name: _reference_value(name, value) for name, value in changes.items()}
+        new = replace(old, **values)  # type: ignore[arg-type]
+        if new.start > new.end:
+            # The field just typed wins; the other follows, so the window never holds start > end.
+            if "start" in changes:
+                new = replace(new, end=new.start)
+            else:
+                new = replace(new, start=new.end)
+        if new != old:
+            self.references = [new if r.uid == uid else r for r in self.references]
+            self.reference_changed.emit(uid)
+        return new
+
+    def set_negative(self, path: str | Path | None = None, noise: float | None = None) -> None:
+        """The negative image (``""`` removes it) and / or its noise amount (0–1)."""
+        changed = False
+        if path is not None and str(path) != self.negative_path:
+            self.negative_path = str(path)
+            changed = True
+        if noise is not None:
+            value = round(_clamp(float(noise), 0.0, 1.0), 4)
+            if value != self.negative_noise:
+                self.negative_noise = value
+                changed = True
+        if changed:
+            self.changed.emit("negative")
+
+    def _negative_spec(self) -> NegativeImage | None:
+        if not self.negative_path and self.negative_noise <= 0:
+            return None
+        return NegativeImage(self.negative_path or None, self.negative_noise)
 
     # ------------------------------------------------------------------ controls
     def add_control(self, **values: object) -> ControlItem:
@@ -352,7 +421,7 @@ class ViewState(QObject):
             models=ModelSpec(m.base, m.adapter or None, m.image_encoder or None)
             if has_adapter
             else ModelSpec(m.base),
-            references=tuple(Reference(r.path, r.weight) for r in self.references),
+            references=self._reference_specs(),
             controls=self._control_specs(),
             prompt=self.prompt,
             negative_prompt=self.negative_prompt,
@@ -366,7 +435,20 @@ class ViewState(QObject):
             num_images=self.num_images,
             init=init,
             mask=mask,
+            negative_image=self._negative_spec() if self.references else None,
         )
+
+    def _reference_specs(self) -> tuple[Reference, ...]:
+        specs = []
+        for n, r in enumerate(self.references, start=1):
+            if r.start >= r.end:
+                name = f"Reference image {n}" if len(self.references) > 1 else "The reference image"
+                raise RequestError(
+                    f"{name} acts from {r.start:g} to {r.end:g} of the steps: its start must come "
+                    "before its end (open More on its card)."
+                )
+            specs.append(Reference(r.path, r.weight, r.start, r.end, r.mask_path or None, r.view))
+        return tuple(specs)
 
     def _init_specs(self) -> tuple[InitImage | None, MaskSpec | None]:
         if self.mode == "txt2img":
@@ -420,20 +502,7 @@ class ViewState(QObject):
         else:
             self.set("scale", float(request.scale))
 
-        self.references = []
-        lost = 0
-        for ref in request.references:
-            if isinstance(ref.image, (str, Path)) and Path(ref.image).is_file():
-                self.references.append(ReferenceItem(next(_uids), str(ref.image), float(ref.weight)))
-            else:
-                lost += 1
-        self.changed.emit("references")
-        if lost:
-            notes.append(
-                f"{lost} reference image{'s' if lost > 1 else ''} could not be found any more "
-                f"({'they were' if lost > 1 else 'it was'} moved, deleted or only pasted) and "
-                f"{'were' if lost > 1 else 'was'} left out."
-            )
+        notes.extend(self._apply_references(request))
 
         notes.extend(self._apply_controls(request.controls))
 
@@ -449,6 +518,57 @@ class ViewState(QObject):
             notes.append(
                 "The models this image was made with are not on this computer; kept the current ones."
             )
+        return notes
+
+    def _apply_references(self, request: GenerationRequest) -> list[str]:
+        """The references with their weights, windows, views and regions, and the negative image."""
+        notes: list[str] = []
+        self.references = []
+        lost = lost_masks = 0
+        for ref in request.references:
+            if not (isinstance(ref.image, (str, Path)) and Path(ref.image).is_file()):
+                lost += 1
+                continue
+            mask = str(ref.mask) if isinstance(ref.mask, (str, Path)) else ""
+            if ref.mask is not None and not (mask and Path(mask).is_file()):
+                lost_masks += 1
+                mask = ""
+            view = ref.view
+            self.references.append(
+                ReferenceItem(
+                    next(_uids),
+                    str(ref.image),
+                    float(ref.weight),
+                    float(_clamp(ref.start, 0.0, 1.0)),
+                    float(_clamp(ref.end, 0.0, 1.0)),
+                    view.fit if view.fit in ENCODER_FITS else "centre",
+                    tuple(int(v) for v in view.box) if view.box is not None else None,  # type: ignore[arg-type]
+                    mask,
+                )
+            )
+        self.changed.emit("references")
+        if lost:
+            notes.append(
+                f"{lost} reference image{'s' if lost > 1 else ''} could not be found any more "
+                f"({'they were' if lost > 1 else 'it was'} moved, deleted or only pasted) and "
+                f"{'were' if lost > 1 else 'was'} left out."
+            )
+        if lost_masks:
+            notes.append(
+                f"The region mask of {lost_masks} reference image{'s' if lost_masks > 1 else ''} could not "
+                f"be found any more; {'they act' if lost_masks > 1 else 'it acts'} on the whole picture "
+                "until a region is painted again."
+            )
+        negative = request.negative_image
+        path = ""
+        if negative is not None and negative.image is not None:
+            if isinstance(negative.image, (str, Path)) and Path(negative.image).is_file():
+                path = str(negative.image)
+            else:
+                notes.append("Its negative image could not be found any more and was left out.")
+        self.negative_path = path
+        self.negative_noise = round(_clamp(float(negative.noise), 0.0, 1.0), 4) if negative else 0.0
+        self.changed.emit("negative")
         return notes
 
     def _apply_init(self, request: GenerationRequest) -> list[str]:
@@ -527,8 +647,37 @@ class ViewState(QObject):
             height=self.height,
             scheduler=self.scheduler,
             num_images=self.num_images,
-            references=[ReferenceValue(r.path, r.weight) for r in self.references],
+            references=[
+                ReferenceValue(
+                    r.path,
+                    r.weight,
+                    r.start,
+                    r.end,
+                    r.fit,
+                    ",".join(str(v) for v in r.box) if r.box is not None else "",
+                    r.mask_path,
+                )
+                for r in self.references
+            ],
         )
+
+
+def _remembered(uid: int, ref: ReferenceValue, weight: float) -> ReferenceItem:
+    """A reference from the settings file; a control it cannot use goes back to its default (the
+    file is edited by hand at times, and a mask may have been deleted since)."""
+    start, end = _clamp(ref.start, 0.0, 1.0), _clamp(ref.end, 0.0, 1.0)
+    if start > end:
+        start, end = 0.0, 1.0
+    fit = ref.fit if ref.fit in ENCODER_FITS else "centre"
+    box = None
+    try:
+        left, top, side = (int(v) for v in ref.crop.split(","))
+        if side >= 1 and left >= 0 and top >= 0:
+            box = (left, top, side)
+    except ValueError:
+        pass
+    mask = ref.mask if ref.mask and Path(ref.mask).is_file() else ""
+    return ReferenceItem(uid, ref.path, weight, start, end, fit, box, mask)
 
 
 def _multiple_of_8(value: float) -> int:
@@ -550,6 +699,28 @@ def _init_value(name: str, value: object) -> object:
     if name == "only_masked":
         return bool(value)
     return max(0, int(value))  # type: ignore[call-overload]
+
+
+def _reference_value(name: str, value: object) -> object:
+    """Check and normalise one of a reference's image-prompt controls."""
+    if name in ("start", "end"):
+        return round(_clamp(float(value), 0.0, 1.0), 4)  # type: ignore[arg-type]
+    if name == "fit":
+        if value not in ENCODER_FITS:
+            raise ValueError(f"fit must be one of {', '.join(ENCODER_FITS)}, not {value!r}")
+        return value
+    if name == "box":
+        if value is None:
+            return None
+        left, top, side = (int(v) for v in value)  # type: ignore[union-attr]
+        if side < 1 or left < 0 or top < 0:
+            raise ValueError(f"a crop square needs a positive side inside the picture, not {value!r}")
+        return (left, top, side)
+    if name == "mask_path":
+        return str(value or "")
+    if name == "weight":
+        return float(_clamp(float(value), *LIMITS["weight"]))  # type: ignore[arg-type]
+    raise AttributeError(f"a reference has no setting {name!r}")
 
 
 def within_limits(name: str, value: float) -> float:

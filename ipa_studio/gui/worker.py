@@ -63,11 +63,16 @@ class SavedImage:
     """What the engine adjusted on the way (e.g. a mask scaled to the picture), to tell the user."""
 
 
-def default_engine_factory(device: str | None = None) -> EngineFactory:
+def default_engine_factory(device: str | None = None, library: Path | None = None) -> EngineFactory:
+    """``library``: the reference library's folder; the engine reads and writes the encoder
+    features of the pictures saved there, so using a saved reference costs no encoder call."""
+
     def make() -> Any:
         from ipa_studio.core.engine import Engine
+        from ipa_studio.core.references import ReferenceStore
 
-        return Engine(device=None if device in (None, "", "auto") else device)
+        store = ReferenceStore(library) if library is not None else None
+        return Engine(device=None if device in (None, "", "auto") else device, reference_store=store)
 
     return make
 

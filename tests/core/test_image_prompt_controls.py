@@ -426,6 +426,29 @@ def test_a_damaged_features_file_is_encoded_again(
     assert store.entries() == [] and not (tmp_path / "library" / "features" / saved.content).exists()
 
 
+def test_a_reference_saved_after_it_was_encoded_stores_its_features_on_the_next_use(
+    tmp_path, pictures, tiny_sd15, tiny_adapters, tiny_image_encoder
+):
+    # The window's order: use a picture, then "Save to library" it. Its features are in the
+    # engine's memory by then, so the next generation writes them to disk without encoding again.
+    store = ReferenceStore(tmp_path / "library")
+    path = tmp_path / "late.png"
+    pictures["a"].save(path)
+    req = _request(tiny_sd15, tiny_adapters[("global", "bin")], tiny_image_encoder, [Reference(str(path))])
+    engine = Engine(device="cpu", dtype=torch.float32, reference_store=store)
+    engine.generate(req)
+    assert engine.stats.image_encoder_calls == 1
+    saved = store.add(path)
+    assert saved.features == 0
+    engine.generate(req)
+    assert engine.stats.image_encoder_calls == 1 and store.entries()[0].features == 1
+    restarted = Engine(
+        device="cpu", dtype=torch.float32, reference_store=ReferenceStore(tmp_path / "library")
+    )
+    restarted.generate(req)
+    assert restarted.stats.image_encoder_calls == 0
+
+
 def test_features_are_kept_per_view_and_per_encoder(
     tmp_path, pictures, tiny_sd15, tiny_adapters, tiny_image_encoder
 ):

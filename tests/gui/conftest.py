@@ -77,6 +77,7 @@ def tiny_settings(tmp_path: Path, models: ModelPaths, **last: object) -> Setting
         models=models,
         models_dir=str(tmp_path / "models"),
         outputs_dir=str(tmp_path / "outputs"),
+        library_dir=str(tmp_path / "library"),
         device="cpu",
         last=LastValues(**values),  # type: ignore[arg-type]
     )

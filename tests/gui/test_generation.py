@@ -38,6 +38,8 @@ def drop_files(window: MainWindow, paths: list[Path], qtbot) -> None:
     assert dropped
     qtbot.waitUntil(lambda: len(panel.cards) == before + len(paths))
     qtbot.waitUntil(lambda: all(card.has_crop() for card in panel.cards.values()), timeout=30_000)
+    # The cards are laid out (a pending layout request handled) before anyone clicks into them.
+    QApplication.processEvents()
 
 
 def same_file(kept: object, original: Path) -> bool:
