@@ -123,6 +123,15 @@ class MainWindow(QMainWindow):
         self._models_loading = False
         self._refusal = ""  # the last "cannot generate yet" message, taken down once it is fixed
         self._before_job: Path | None = None  # the picture shown before a job's live preview
+        # User block presets live beside the settings file (the command line's default place);
+        # without a settings file (self-test, screenshots) in a folder of this window's own.
+        if settings_path is not None:
+            self.presets_path = Path(settings_path).with_name("block_presets.json")
+        else:
+            import tempfile
+
+            self._presets_dir = tempfile.TemporaryDirectory(prefix="ipa-studio-presets-")
+            self.presets_path = Path(self._presets_dir.name) / "block_presets.json"
         self._shown_once = False
         dialogs.bind(settings.dialog_folders)
 
@@ -172,7 +181,7 @@ class MainWindow(QMainWindow):
         # --- Create tab: controls | picture over history
         self.references = ReferencesPanel(self.state, self.loader, lambda: self.outputs_dir / "references")
         self.prompt = PromptPanel(self.state)
-        self.balance = BalancePanel(self.state)
+        self.balance = BalancePanel(self.state, self.presets_path)
         self.settings_panel = SettingsPanel(self.state)
         self.init_panel = InitImagePanel(self.state, lambda: self.outputs_dir / "references")
         self.control = ControlPanel(
@@ -333,6 +342,7 @@ class MainWindow(QMainWindow):
         w.models_loaded.connect(self._on_models_loaded, queued)
 
         self.references.message.connect(self.show_error)
+        self.balance.message.connect(self.show_error)
         self.init_panel.message.connect(self.show_error)
         self.init_panel.show_canvas.connect(self.show_canvas)
         self.canvas.message.connect(lambda text, kind: self.banner.show_message(text, kind))
