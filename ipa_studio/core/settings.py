@@ -107,6 +107,8 @@ class Settings:
     annotators_dir: str = ""
     """Where the pose/depth preprocessor weights are; empty = ``annotators`` in the models folder."""
     device: str = "auto"
+    clip_model: str = ""
+    """The CLIP model folder the λ sweep scores with (CLIP-I / CLIP-T); empty = not chosen yet."""
     dialog_folders: dict[str, str] = field(default_factory=dict)
     """The folder each kind of file dialog showed last ("reference", "mask", "model file" …)."""
     last: LastValues = field(default_factory=LastValues)

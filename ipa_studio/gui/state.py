@@ -477,7 +477,7 @@ class ViewState(QObject):
                 + "; ".join(changed)
                 + "."
             )
-        notes.extend(self._apply_scale(request.scale))
+        notes.extend(self.apply_scale(request.scale))
         hires = request.hires
         if hires is not None:
             self.set("hires_scale", hires.scale)
@@ -524,7 +524,7 @@ class ViewState(QObject):
             )
         return notes
 
-    def _apply_scale(self, scale: float | Mapping[str, float]) -> list[str]:
+    def apply_scale(self, scale: float | Mapping[str, float]) -> list[str]:
         """The slider and the block map for a request's λ: a preset at a strength where one gives
         exactly these layer values (``match_preset``), otherwise the map itself at λ 1."""
         if not isinstance(scale, Mapping):
