@@ -301,7 +301,8 @@ def test_sweep_grid_scores_equal_the_csv_and_a_direct_clip_computation(
         assert float(clip_t(picture, text)[0]) == pytest.approx(cell.clip_t, abs=1e-5)
         assert request_from_metadata(read_png_metadata(Path(row["image_file"]))).seed == 7
     marked = [w for w in page.cells if w.balance]
-    assert len(marked) == 1 and "balance point" in marked[0].title.text()
+    assert len(marked) == 1 and "★" in marked[0].title.text()
+    assert "balance point" in marked[0].toolTip()
     assert int(rows[page.cells.index(marked[0])]["balance"]) == 1
     sheet_meta = json.loads(read_png_metadata(outcome.sheet)[JSON_KEY])["extra"]
     assert sheet_meta["sweep_lambdas"] == "0,0.5,1" and sheet_meta["sweep_presets"] == "Everything,Style"

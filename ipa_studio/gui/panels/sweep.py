@@ -95,13 +95,16 @@ class SweepCellWidget(QFrame):
     def set_cell(self, cell: CellView, *, balance: bool) -> None:
         self.cell = cell
         self.balance = balance
-        mark = "  ★ balance point" if balance else ""
-        self.title.setText(f"λ {cell.strength:g}{mark}")
-        self.scores.setText(f"CLIP-I {cell.clip_i:.3f} · CLIP-T {cell.clip_t:.3f}")
+        # The frame and the star mark it; the words stay short so its column is no wider.
+        self.title.setText(f"λ {cell.strength:g}  ★ best" if balance else f"λ {cell.strength:g}")
+        # Two lines: the caption is no wider than a small picture.
+        self.scores.setText(f"CLIP-I {cell.clip_i:.3f}\nCLIP-T {cell.clip_t:.3f}")
         tip = (
             f"CLIP-I {cell.clip_i:.4f}: how much it looks like the references\n"
             f"CLIP-T {cell.clip_t:.4f}: how well it follows the prompt"
         )
+        if balance:
+            tip += "\n★ the balance point: the picture that gives up least of either score"
         if not math.isnan(cell.balance_score):
             tip += f"\nbalance score {cell.balance_score:.3f} (the highest is the balance point)"
         if cell.path is not None:
@@ -240,6 +243,7 @@ class SweepPage(QWidget):
         ticked = {name for name, box in self.row_checks.items() if box.isChecked()} or {THIS_MAP}
         for box in self.row_checks.values():
             self._row_flow.removeWidget(box)
+            box.hide()  # gone at once, not only when the deferred delete runs
             box.deleteLater()
         self.row_checks = {}
         current = self._this_map()
@@ -296,7 +300,7 @@ class SweepPage(QWidget):
                 label = QLabel(name or "λ")
                 label.setObjectName("sweepRowLabel")
                 label.setWordWrap(True)
-                label.setFixedWidth(90)
+                label.setFixedWidth(80)
                 self.grid.addWidget(label, r, 0, Qt.AlignmentFlag.AlignVCenter)
 
     def clear(self) -> None:
@@ -320,11 +324,20 @@ class SweepPage(QWidget):
         widget.use_requested.connect(self.use_requested)
         self.grid.addWidget(widget, cell.row, cell.column + 1)
         self.cells.append(widget)
+        if len(self.cells) == 1:
+            self.view_changed()
+
+    def view_changed(self) -> None:
+        """Size the pictures again (the page was resized, or its first picture arrived)."""
+        side = self._side()
+        for widget in self.cells:
+            widget.set_side(side)
 
     def finish(self, outcome: SweepOutcome) -> None:
         self.outcome = outcome
         for widget, cell in zip(self.cells, outcome.cells, strict=True):
             widget.set_cell(cell, balance=cell.index == outcome.balance)
+        self.scroll.ensureWidgetVisible(self.cells[outcome.balance], 8, 8)
         best = outcome.cells[outcome.balance]
         where = f" ({best.preset})" if best.preset else ""
         self._idle(
@@ -355,16 +368,17 @@ class SweepPage(QWidget):
 
     # ------------------------------------------------------------------ layout
     def _side(self) -> int:
-        """Picture size: the columns share the page's width (96–256 px each)."""
-        width = self.scroll.viewport().width() - (100 if len(self._rows) > 1 or any(self._rows) else 0)
-        side = (width - 8 * (self._columns + 1)) // max(self._columns, 1) - 14
-        return int(min(max(side, 96), 256))
+        """Picture size: the whole sheet fits the page where it can (96–256 px a picture)."""
+        viewport = self.scroll.viewport()
+        labels = 88 if len(self._rows) > 1 or any(self._rows) else 0
+        by_width = (viewport.width() - labels - 8 * (self._columns + 1)) // max(self._columns, 1) - 14
+        caption = 84  # λ line, two score lines, the button, the margins
+        by_height = (viewport.height() - 8 * (len(self._rows) + 1)) // max(len(self._rows), 1) - caption
+        return int(min(max(min(by_width, by_height), 96), 256))
 
     def resizeEvent(self, event: QResizeEvent) -> None:  # noqa: N802 - Qt override
         super().resizeEvent(event)
-        side = self._side()
-        for widget in self.cells:
-            widget.set_side(side)
+        self.view_changed()
 
     # ------------------------------------------------------------------ files
     def _save_copy(self) -> None:
