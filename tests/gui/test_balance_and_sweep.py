@@ -355,3 +355,38 @@ def test_sweep_refuses_clearly_before_anything_runs(
     click(qtbot, page.run_button)
     assert "add a reference image" in window.banner.text()
     assert page.run_button.isEnabled() and window._sweep_job is None
+
+
+@pytest.mark.parametrize("preset", BUILTIN_PRESETS, ids=lambda p: p.name)
+@pytest.mark.parametrize("strength", [0.35, 1.0])
+def test_every_preset_and_second_pass_round_trip_through_png_metadata(
+    qapp, tmp_path, preset, strength
+) -> None:
+    from ipa_studio.core.metadata import request_to_metadata
+    from ipa_studio.core.settings import ModelPaths
+    from ipa_studio.gui.state import ViewState
+
+    models = ModelPaths(str(tmp_path), str(tmp_path / "ip.safetensors"), str(tmp_path))
+    made = ViewState(models=models)
+    made.presets_path = tmp_path / "block_presets.json"
+    made.set("prompt", "a boat")
+    made.choose_block_preset(preset)
+    made.set("scale", strength)
+    made.set("hires_on", True)
+    made.set("hires_scale", 1.75)
+    made.set("hires_strength", 0.35)
+    made.set("hires_steps", 12)
+    request = made.build_request()
+    assert layer_weights(request.scale) == pytest.approx(
+        [w * strength for w in layer_weights(preset.weights)]
+    )
+    stored = request_from_metadata(request_to_metadata(request))
+
+    reused = ViewState(models=models)
+    reused.presets_path = made.presets_path
+    notes = reused.apply_request(stored)
+    assert not any("λ" in n or "second pass" in n for n in notes)
+    assert (reused.block_preset, reused.scale) == (preset.name, pytest.approx(strength))
+    assert reused.layer_values() == layer_weights(preset.weights)
+    assert reused.build_request().hires == HiresSpec(1.75, 0.35, 12, "lanczos")
+    assert layer_weights(reused.build_request().scale) == pytest.approx(layer_weights(request.scale))
