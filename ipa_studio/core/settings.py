@@ -85,6 +85,15 @@ class LastValues:
     scheduler: str = "ddim"
     num_images: int = 1
     references: list[ReferenceValue] = field(default_factory=list, metadata={"items": ReferenceValue})
+    block_map: str = ""
+    """The balance panel's block map as ``prefix=weight,…`` (the command line's form); "" = every layer."""
+    block_preset: str = ""
+    """The preset the map came from ("" when edited)."""
+    hires_on: bool = False
+    hires_scale: float = 1.5
+    hires_strength: float = 0.5
+    hires_steps: int = 0
+    hires_upscaler: str = "lanczos"
 
 
 @dataclass

@@ -21,6 +21,7 @@ from ipa_studio.core.errors import RequestError
 from ipa_studio.core.presets import (
     SD15_LAYERS,
     BlockPreset,
+    check_weights,
     compact_weights,
     layer_weights,
     load_presets,
@@ -72,6 +73,9 @@ SETTING_NAMES = {
     "width": "width",
     "height": "height",
     "num_images": "number of pictures",
+    "hires_scale": "second pass upscale",
+    "hires_strength": "second pass strength",
+    "hires_steps": "second pass steps",
 }
 
 PRESETS: dict[str, tuple[float, bool]] = {
@@ -169,13 +173,12 @@ class ViewState(QObject):
         # The block map: a weight per UNet block or layer (a preset's shape), which the λ slider
         # scales. None = every layer at λ (the paper's adapter). ``block_preset`` names the preset
         # it came from, "" once it was edited into a map no preset has.
-        self.block_weights: dict[str, float] | None = None
-        self.block_preset = EVERYTHING
-        self.hires_on = False
-        self.hires_scale = 1.5
-        self.hires_strength = 0.5
-        self.hires_steps = 0
-        self.hires_upscaler = "lanczos"
+        self.block_weights, self.block_preset = self._restore_blocks(last.block_map, last.block_preset)
+        self.hires_on = last.hires_on
+        self.hires_scale = self._repaired("hires_scale", last.hires_scale)
+        self.hires_strength = self._repaired("hires_strength", last.hires_strength)
+        self.hires_steps = int(self._repaired("hires_steps", last.hires_steps))
+        self.hires_upscaler = last.hires_upscaler if last.hires_upscaler in UPSCALER_LABELS else "lanczos"
         self.steps = int(self._repaired("steps", last.steps))
         self.guidance = self._repaired("guidance", last.guidance)
         self.seed = int(self._repaired("seed", last.seed))
@@ -210,6 +213,16 @@ class ViewState(QObject):
                 shown = shown[:21] + "…"
             self.repairs.append(f"{SETTING_NAMES[name]} {shown} → {fixed:g}")
         return fixed
+
+    def _restore_blocks(self, text: str, preset: str) -> tuple[dict[str, float] | None, str]:
+        if not text:
+            return None, EVERYTHING
+        try:
+            weights = check_weights(_parse_block_map(text), "The remembered block map")
+        except (RequestError, ValueError) as exc:
+            self.repairs.append(f"the block map ({exc}) → every layer")
+            return None, EVERYTHING
+        return weights, preset
 
     def _restore_references(self, saved: list[ReferenceValue]) -> None:
         lost = 0
@@ -625,6 +638,13 @@ class ViewState(QObject):
             scheduler=self.scheduler,
             num_images=self.num_images,
             references=[ReferenceValue(r.path, r.weight) for r in self.references],
+            block_map=",".join(f"{k}={v!r}" for k, v in (self.block_weights or {}).items()),
+            block_preset=self.block_preset if self.block_weights is not None else "",
+            hires_on=self.hires_on,
+            hires_scale=self.hires_scale,
+            hires_strength=self.hires_strength,
+            hires_steps=self.hires_steps,
+            hires_upscaler=self.hires_upscaler,
         )
 
 
@@ -647,6 +667,14 @@ def _init_value(name: str, value: object) -> object:
     if name == "only_masked":
         return bool(value)
     return max(0, int(value))  # type: ignore[call-overload]
+
+
+def _parse_block_map(text: str) -> dict[str, float]:
+    out = {}
+    for part in text.split(","):
+        name, _, value = part.partition("=")
+        out[name.strip()] = float(value)
+    return out
 
 
 def _hires_value(name: str, value: object) -> object:

@@ -390,3 +390,28 @@ def test_every_preset_and_second_pass_round_trip_through_png_metadata(
     assert reused.layer_values() == layer_weights(preset.weights)
     assert reused.build_request().hires == HiresSpec(1.75, 0.35, 12, "lanczos")
     assert layer_weights(reused.build_request().scale) == pytest.approx(layer_weights(request.scale))
+
+
+def test_block_map_and_second_pass_are_remembered_across_a_restart(
+    make_window, tmp_path: Path, tiny_models, qtbot
+) -> None:
+    from ipa_studio.core.settings import load_settings
+
+    settings_path = tmp_path / "config" / "settings.json"
+    first = make_window(
+        tiny_settings(tmp_path, tiny_models, prompt="a boat"), settings_path, check_network=False
+    )
+    choose_in_list(qtbot, first.balance.preset_box, "Composition")
+    drag_bar(qtbot, first.balance.block_map, layer_index("mid_block.attentions.0"), 0.75)
+    tick(qtbot, first.settings_panel.hires_on)
+    type_into(qtbot, first.settings_panel.hires_strength, "0.3")
+    values = first.state.layer_values()
+    first.save_settings()
+    first.shutdown()
+
+    second = make_window(load_settings(settings_path), settings_path, check_network=False)
+    assert second.state.layer_values() == values
+    assert second.balance.preset_box.currentText() == "Custom (edited)"
+    assert second.balance.block_map.values == values
+    assert second.settings_panel.hires_on.isChecked() and second.settings_panel.hires_strength.value() == 0.3
+    assert second.state.build_request().hires == HiresSpec(1.5, 0.3, 0, "lanczos")

@@ -250,7 +250,8 @@ class BalancePanel(Section):
         box = self.preset_box
         box.blockSignals(True)
         custom = box.findData(CUSTOM)
-        if s.block_preset:
+        # A name no preset has any more (deleted elsewhere, or remembered from last time) is custom.
+        if s.block_preset and box.findData(s.block_preset) >= 0:
             if custom >= 0:
                 box.removeItem(custom)
             box.setCurrentIndex(max(0, box.findData(s.block_preset)))
