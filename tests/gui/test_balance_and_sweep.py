@@ -192,6 +192,9 @@ def test_user_presets_save_rename_delete_in_the_command_lines_file(
     assert [p["name"] for p in saved] == ["Layout plus"]
     assert layer_weights(saved[0]["weights"]) == pytest.approx(window.state.layer_values())
     assert balance.preset_box.currentText() == "Layout plus (yours)"
+    # The sweep offers it as a row, and names it as the map the balance panel now shows.
+    assert "Layout plus" in window.sweep_page.row_checks
+    assert window.sweep_page.row_checks["This block map"].text() == "This block map (Layout plus)"
     assert balance.rename_button.isEnabled() and balance.delete_button.isEnabled()
 
     click(qtbot, balance.preset_name)

@@ -240,14 +240,18 @@ class SweepPage(QWidget):
     # ------------------------------------------------------------------ what to sweep
     def refresh_rows(self) -> None:
         """The row choices: this block map, then every preset (ticks are kept by name)."""
+        current = self._this_map()
+        names = [THIS_MAP] + [p.name for p in self._presets()]
+        if names == list(self.row_checks):
+            # Only the map changed (a bar being dragged): relabel, do not rebuild the boxes.
+            self.row_checks[THIS_MAP].setText(f"This block map ({current.name})")
+            return
         ticked = {name for name, box in self.row_checks.items() if box.isChecked()} or {THIS_MAP}
         for box in self.row_checks.values():
             self._row_flow.removeWidget(box)
             box.hide()  # gone at once, not only when the deferred delete runs
             box.deleteLater()
         self.row_checks = {}
-        current = self._this_map()
-        names = [THIS_MAP] + [p.name for p in self._presets()]
         for name in names:
             label = f"This block map ({current.name})" if name == THIS_MAP else name
             box = QCheckBox(label)
