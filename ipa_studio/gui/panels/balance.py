@@ -264,8 +264,11 @@ class BalancePanel(Section):
         chosen = [i for i, layer in enumerate(self.block_map.layers) if layer.name in self.block_map.selected]
         shared = {values[i] for i in chosen}
         self.selection_label.setText(self.block_map.selection_title())
-        self.weight.show_value(values[chosen[0]] if chosen else 1.0)
-        self.effective.setText(f"λ {values[chosen[0]] * s.scale:.2f}" if len(shared) == 1 else "mixed")
+        # A mixed selection shows its strongest layer; a value typed then goes to all of them.
+        self.weight.show_value(max(values[i] for i in chosen) if chosen else 1.0)
+        self.effective.setText(
+            f"λ {values[chosen[0]] * s.scale:.2f}" if len(shared) == 1 else "mixed: sets all"
+        )
         preset = self._preset(s.block_preset)
         mine = preset is not None and not preset.builtin
         self.rename_button.setEnabled(mine)
