@@ -157,6 +157,13 @@ def test_a_preset_at_a_strength_comes_back_as_that_preset(
 ):
     window = recording_window
     drop_files(window, reference_files[:1], qtbot)
+    # Style's Up 1 is mixed (0, 0, 1) and shows 1.00; typing 1 still sets all three layers.
+    choose_in_list(qtbot, window.balance.preset_box, "Style")
+    window.balance.block_map.select_block("up_blocks.1")
+    assert window.balance.weight.value() == 1.0 and "mixed" in window.balance.effective.text()
+    type_into(qtbot, window.balance.weight, "1")
+    up1 = [i for i, layer in enumerate(SD15_LAYERS) if layer.block == "up_blocks.1"]
+    assert [window.state.layer_values()[i] for i in up1] == [1.0, 1.0, 1.0]
     choose_in_list(qtbot, window.balance.preset_box, "Composition")
     type_into(qtbot, window.balance.spin, "0.7")
     assert run_job(window, qtbot) == "finished"

@@ -158,6 +158,11 @@ class BalancePanel(Section):
         self.weight.valueChanged.connect(
             lambda v: self._map_edited(list(self.block_map.selected), round(v, 4))
         )
+        # A typed value that equals the one shown emits no valueChanged; on a mixed selection it
+        # still means "all of them at this weight".
+        self._weight_typed = False
+        self.weight.lineEdit().textEdited.connect(lambda _t: setattr(self, "_weight_typed", True))
+        self.weight.editingFinished.connect(self._weight_committed)
         self.save_button.clicked.connect(self.save_current)
         self.preset_name.returnPressed.connect(self.save_current)
         self.rename_button.clicked.connect(self.rename_current)
@@ -180,6 +185,11 @@ class BalancePanel(Section):
         preset = self._preset(self.preset_box.itemData(index) or "")
         if preset is not None:
             self.state.choose_block_preset(preset)
+
+    def _weight_committed(self) -> None:
+        if self._weight_typed:
+            self._weight_typed = False
+            self._map_edited(list(self.block_map.selected), round(self.weight.value(), 4))
 
     def _map_edited(self, names: list[str], weight: float) -> None:
         self.state.set_layer_weights(names, weight, self.presets)
