@@ -1,10 +1,11 @@
 """Per-block λ presets ("style", "composition", …) and the map of the UNet's cross-attention layers.
 
 A preset is a *shape*: a weight (0–2) per UNet block or layer, by the module-name prefixes that
-:func:`ipa_studio.core.adapter.adapter.resolve_scale` understands (longest prefix wins, ``default``
-covers the rest). The request's λ is the preset times the strength the slider gives:
-:meth:`BlockPreset.scale`. People can edit presets and save their own; those live in one JSON file
-in the user config folder (``block_presets.json``), written atomically.
+:func:`resolve_scale` understands (longest prefix wins, ``default`` covers the rest). The request's
+λ is the preset times the strength the slider gives: :meth:`BlockPreset.scale`. People can edit
+presets and save their own; those live in one JSON file in the user config folder
+(``block_presets.json``), written atomically. This module imports neither torch nor Qt, so the
+window can draw and edit maps without loading the engine.
 
 How the built-in presets were chosen (SD1.5, 16 cross-attention layers):
 
@@ -36,9 +37,11 @@ from ipa_studio.core.errors import IPAStudioError, RequestError
 
 __all__ = [
     "BUILTIN_PRESETS",
+    "MAX_WEIGHT",
     "SD15_LAYERS",
     "BlockPreset",
     "Layer",
+    "compact_weights",
     "default_presets_path",
     "delete_preset",
     "find_preset",
@@ -46,11 +49,16 @@ __all__ = [
     "layer_weights",
     "load_presets",
     "match_preset",
+    "rename_preset",
+    "resolve_scale",
     "save_preset",
 ]
 
 log = logging.getLogger(__name__)
 PRESETS_VERSION = 1
+MAX_WEIGHT = 2.0
+"""The largest weight (and λ) a layer takes; the same bound as ``prepare.MAX_SCALE``. Kept here so
+the window can check presets without importing the engine's modules (and torch with them)."""
 
 
 # --------------------------------------------------------------------------------------------------
@@ -121,11 +129,57 @@ SD15_LAYERS: tuple[Layer, ...] = layer_map(_sd15_processor_names())
 """The 16 cross-attention layers of SD1.5, in forward order (the block map's data)."""
 
 
+def resolve_scale(scale: float | Mapping[str, float], layer_name: str) -> float:
+    """λ for one layer: a number applies everywhere; a mapping picks its longest matching prefix
+    (``default``, 0 when absent, for the layers no prefix names)."""
+    if isinstance(scale, int | float):
+        return float(scale)
+    best: tuple[int, float] | None = None
+    for prefix, value in scale.items():
+        if prefix == "default":
+            continue
+        if (layer_name == prefix or layer_name.startswith(prefix + ".")) and (
+            best is None or len(prefix) > best[0]
+        ):
+            best = (len(prefix), float(value))
+    return best[1] if best else float(scale.get("default", 0.0))
+
+
 def layer_weights(scale: float | Mapping[str, float], layers: Sequence[Layer] = SD15_LAYERS) -> list[float]:
     """The λ each layer gets from ``scale`` (a number or a prefix map), in ``layers`` order."""
-    from ipa_studio.core.adapter.adapter import resolve_scale
-
     return [resolve_scale(scale, layer.name) for layer in layers]
+
+
+def compact_weights(values: Sequence[float], layers: Sequence[Layer] = SD15_LAYERS) -> dict[str, float]:
+    """The shortest prefix map that gives each layer its value (the inverse of :func:`layer_weights`).
+
+    The most common value becomes ``default``; a block whose layers all share a value other than
+    that is named once (``up_blocks.2``); the remaining layers are named one by one. This is how a
+    map edited layer by layer is stored, so saved presets stay readable.
+    """
+    if len(values) != len(layers):
+        raise ValueError(f"{len(values)} values for {len(layers)} layers")
+    values = [float(v) for v in values]
+    counts: dict[float, int] = {}
+    for v in values:
+        counts[v] = counts.get(v, 0) + 1
+    default = max(counts, key=lambda v: (counts[v], -values.index(v)))
+    out: dict[str, float] = {}
+    blocks: dict[str, list[int]] = {}
+    for i, layer in enumerate(layers):
+        blocks.setdefault(layer.block, []).append(i)
+    for block, members in blocks.items():
+        shared = {values[i] for i in members}
+        if len(shared) == 1:
+            (value,) = shared
+            if value != default:
+                out[block] = value
+            continue
+        for i in members:
+            if values[i] != default:
+                out[layers[i].name] = values[i]
+    out["default"] = default
+    return out
 
 
 # --------------------------------------------------------------------------------------------------
@@ -203,8 +257,6 @@ BUILTIN_PRESETS: tuple[BlockPreset, ...] = (
 
 def check_weights(weights: object, what: str) -> dict[str, float]:
     """A preset's weights as a clean dict, or a RequestError that says what is wrong."""
-    from ipa_studio.core.prepare import MAX_SCALE
-
     if not isinstance(weights, Mapping) or not weights:
         raise RequestError(f"{what} needs at least one block weight.")
     names = {layer.name for layer in SD15_LAYERS}
@@ -219,8 +271,8 @@ def check_weights(weights: object, what: str) -> dict[str, float]:
             )
         if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
             raise RequestError(f"{what}: the weight of '{key}' must be a number.")
-        if not 0 <= value <= MAX_SCALE:
-            raise RequestError(f"{what}: the weight of '{key}' must be from 0 to {MAX_SCALE:g}.")
+        if not 0 <= value <= MAX_WEIGHT:
+            raise RequestError(f"{what}: the weight of '{key}' must be from 0 to {MAX_WEIGHT:g}.")
         out[key] = float(value)
     return out
 
@@ -295,6 +347,27 @@ def save_preset(preset: BlockPreset, path: str | os.PathLike[str] | None = None)
     others = [p for p in _read_user(path) if p.name != name]
     _write_user([*others, clean], path)
     return clean
+
+
+def rename_preset(old: str, new: str, path: str | os.PathLike[str] | None = None) -> BlockPreset:
+    """Give a user preset another name, in one write (its place in the list is kept)."""
+    path = Path(path) if path is not None else default_presets_path()
+    new = new.strip() if isinstance(new, str) else ""
+    builtin = {p.name for p in BUILTIN_PRESETS}
+    if old in builtin:
+        raise RequestError(f"'{old}' is a built-in preset and cannot be renamed: save a copy instead.")
+    if not new:
+        raise RequestError("A preset needs a name.")
+    if new in builtin:
+        raise RequestError(f"'{new}' is a built-in preset: choose another name.")
+    presets = _read_user(path)
+    if old not in {p.name for p in presets}:
+        raise RequestError(f"There is no saved preset called '{old}'.")
+    if new != old and new in {p.name for p in presets}:
+        raise RequestError(f"There is already a preset called '{new}'.")
+    renamed = [BlockPreset(new, p.weights, p.description) if p.name == old else p for p in presets]
+    _write_user(renamed, path)
+    return next(p for p in renamed if p.name == new)
 
 
 def delete_preset(name: str, path: str | os.PathLike[str] | None = None) -> None:

@@ -93,6 +93,15 @@ class LastValues:
     scheduler: str = "ddim"
     num_images: int = 1
     references: list[ReferenceValue] = field(default_factory=list, metadata={"items": ReferenceValue})
+    block_map: str = ""
+    """The balance panel's block map as ``prefix=weight,…`` (the command line's form); "" = every layer."""
+    block_preset: str = ""
+    """The preset the map came from ("" when edited)."""
+    hires_on: bool = False
+    hires_scale: float = 1.5
+    hires_strength: float = 0.5
+    hires_steps: int = 0
+    hires_upscaler: str = "lanczos"
 
 
 @dataclass
@@ -118,6 +127,8 @@ class Settings:
     library_dir: str = ""
     """The reference library (saved references and their encoder features); empty = the user data
     folder's ``references``, the command line's default too."""
+    clip_model: str = ""
+    """The CLIP model folder the λ sweep scores with (CLIP-I / CLIP-T); empty = not chosen yet."""
     dialog_folders: dict[str, str] = field(default_factory=dict)
     """The folder each kind of file dialog showed last ("reference", "mask", "model file" …)."""
     last: LastValues = field(default_factory=LastValues)

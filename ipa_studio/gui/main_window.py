@@ -35,10 +35,11 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from ipa_studio.core.errors import IPAStudioError
+from ipa_studio.core.errors import IPAStudioError, RequestError
 from ipa_studio.core.foreign_metadata import read_foreign_settings
 from ipa_studio.core.images import read_png_metadata
 from ipa_studio.core.metadata import JSON_KEY, request_from_metadata
+from ipa_studio.core.presets import BlockPreset, layer_weights
 from ipa_studio.core.request import GenerationRequest, ModelSpec
 from ipa_studio.core.settings import Settings, save_settings
 from ipa_studio.gui import dialogs
@@ -58,7 +59,9 @@ from ipa_studio.gui.panels.prompt import PromptPanel
 from ipa_studio.gui.panels.references import ReferencesPanel
 from ipa_studio.gui.panels.settings import SettingsPanel
 from ipa_studio.gui.panels.setup import SetupPanel
+from ipa_studio.gui.panels.sweep import SweepPage, parse_lambdas
 from ipa_studio.gui.state import ViewState
+from ipa_studio.gui.sweep_job import CellView, SweepOutcome
 from ipa_studio.gui.widgets.banner import Banner
 from ipa_studio.gui.widgets.column import ColumnScrollArea
 from ipa_studio.gui.widgets.elided import ElidedLabel
@@ -99,6 +102,8 @@ class MainWindow(QMainWindow):
 
     models_ready = Signal(str)  # "" or the message of a failed preload
     generation_ended = Signal(str)  # "finished" | "failed" | "cancelled", for tests and the self-test
+    sweep_ended = Signal(str)  # the same for a λ sweep
+    scorer_ready = Signal(str)  # "" or why the sweep's CLIP model could not be loaded
 
     def __init__(
         self,
@@ -126,6 +131,15 @@ class MainWindow(QMainWindow):
         self._models_loading = False
         self._refusal = ""  # the last "cannot generate yet" message, taken down once it is fixed
         self._before_job: Path | None = None  # the picture shown before a job's live preview
+        # User block presets live beside the settings file (the command line's default place);
+        # without a settings file (self-test, screenshots) in a folder of this window's own.
+        if settings_path is not None:
+            self.presets_path = Path(settings_path).with_name("block_presets.json")
+        else:
+            import tempfile
+
+            self._presets_dir = tempfile.TemporaryDirectory(prefix="ipa-studio-presets-")
+            self.presets_path = Path(self._presets_dir.name) / "block_presets.json"
         self._shown_once = False
         dialogs.bind(settings.dialog_folders)
 
@@ -139,6 +153,8 @@ class MainWindow(QMainWindow):
         self._restore_layout()
         self.worker.start()
         self._preload()
+        if self.settings.clip_model and Path(self.settings.clip_model).is_dir():
+            self.worker.preload_scorer(Path(self.settings.clip_model))
         self.gallery.load_history(self.outputs_dir)
         notes = []
         if self.state.repairs:
@@ -182,7 +198,7 @@ class MainWindow(QMainWindow):
             library=ReferenceStore(self.settings.library_path),
         )
         self.prompt = PromptPanel(self.state)
-        self.balance = BalancePanel(self.state)
+        self.balance = BalancePanel(self.state, self.presets_path)
         self.settings_panel = SettingsPanel(self.state)
         self.init_panel = InitImagePanel(self.state, lambda: self.outputs_dir / "references")
         self.control = ControlPanel(
@@ -245,6 +261,15 @@ class MainWindow(QMainWindow):
         self.regions = RegionEditor(self.state, self.loader, lambda: self.outputs_dir / "references")
         self.view_tabs.addTab(self.regions, "Regions")
         self.view_tabs.setTabToolTip(2, "Where in the picture each reference image acts")
+        self.sweep_page = SweepPage(
+            lambda: self.balance.presets, self._this_block_map, self.settings.clip_model
+        )
+        self.view_tabs.addTab(self.sweep_page, "λ sweep")
+        self.view_tabs.setTabToolTip(
+            3, "Which λ is best: the same seed at several λ, each picture scored with CLIP-I and CLIP-T"
+        )
+        self._sweep_job: int | None = None
+        self._sweep_rows: dict[str, BlockPreset] = {}
         right_layout.addWidget(self.view_tabs, 1)
         right_layout.addWidget(history_title)
         right_layout.addWidget(self.gallery)
@@ -348,6 +373,20 @@ class MainWindow(QMainWindow):
         self.references.message.connect(self.show_error)
         self.references.paint_region.connect(self.show_regions)
         self.regions.message.connect(lambda text, kind: self.banner.show_message(text, kind))
+        self.balance.message.connect(self.show_error)
+        sp = self.sweep_page
+        sp.run_requested.connect(self.run_sweep)
+        sp.cancel_requested.connect(self.cancel_sweep)
+        sp.use_requested.connect(self.use_sweep_cell)
+        sp.message.connect(self.show_error)
+        sp.clip_model_changed.connect(self._on_clip_model_changed)
+        w.sweep_started.connect(lambda _id: None, queued)
+        w.sweep_progress.connect(self._on_sweep_progress, queued)
+        w.sweep_cell.connect(self._on_sweep_cell, queued)
+        w.sweep_finished.connect(self._on_sweep_finished, queued)
+        w.sweep_failed.connect(self._on_sweep_failed, queued)
+        w.sweep_cancelled.connect(self._on_sweep_cancelled, queued)
+        w.scorer_loaded.connect(self._on_scorer_loaded, queued)
         self.init_panel.message.connect(self.show_error)
         self.init_panel.show_canvas.connect(self.show_canvas)
         self.canvas.message.connect(lambda text, kind: self.banner.show_message(text, kind))
@@ -436,6 +475,8 @@ class MainWindow(QMainWindow):
             self._order_tabs()  # the panels have rebuilt their cards by now (connected first)
         if name in ("references", "prompt"):
             self._show_placeholder()
+        if name == "blocks":
+            self.sweep_page.refresh_rows()
         self._take_down_fixed_refusal()
 
     def _take_down_fixed_refusal(self) -> None:
@@ -486,6 +527,131 @@ class MainWindow(QMainWindow):
         if self._jobs:
             self.worker.cancel()
             self.generate_panel.status.setText("Cancelling…")
+        self.cancel_sweep()
+
+    # ------------------------------------------------------------------ the λ sweep
+    def _this_block_map(self) -> BlockPreset:
+        s = self.state
+        return BlockPreset(s.block_preset or "Custom", dict(s.block_weights or {"default": 1.0}))
+
+    def run_sweep(self) -> int | None:
+        """Queue a λ sweep of the current settings (the seed shown); None when it cannot start."""
+        if self._closed or self._sweep_job is not None:
+            return None
+        page = self.sweep_page
+        try:
+            strengths = parse_lambdas(page.lambdas.text())
+        except ValueError as exc:
+            self.show_error(str(exc))
+            return None
+        rows = page.chosen_rows()
+        if not rows:
+            self.show_error("Tick at least one row (a block map) for the sweep.")
+            return None
+        if len(rows) * len(strengths) > 64:
+            self.show_error(
+                f"A sweep can have at most 64 pictures; {len(rows)} rows × {len(strengths)} λ values "
+                "were asked. Untick a row or type fewer λ values."
+            )
+            return None
+        clip = page.clip_model
+        if not clip or not Path(clip).is_dir():
+            self.show_error(
+                "The sweep scores its pictures with a CLIP model: choose its folder first (Choose CLIP "
+                "model…), for example openai/clip-vit-large-patch14, the model the paper used."
+            )
+            return None
+        try:
+            if self.state.mode == "inpaint":
+                self.canvas.commit_mask()
+            request = self.state.build_request()
+            if not request.references:
+                raise RequestError("A λ sweep compares pictures with the references: add a reference image.")
+            if not request.prompt.strip():
+                raise RequestError(
+                    "A λ sweep weighs the references against the prompt: type a prompt first (with "
+                    "an empty prompt λ 1 is always best)."
+                )
+        except IPAStudioError as exc:
+            self.show_error(str(exc))
+            return None
+        self.banner.hide()
+        # One row of the paper's adapter is a plain λ sweep, as the command line's default.
+        plain = len(rows) == 1 and all(w == 1.0 for w in layer_weights(rows[0].weights))
+        presets = [] if plain else rows
+        self._sweep_rows = {p.name: p for p in presets}
+        job = self.worker.submit_sweep(request, strengths, presets, Path(clip), self.outputs_dir)
+        self._sweep_job = job
+        page.start(len(strengths), [None] if plain else [p.name for p in presets])
+        self.view_tabs.setCurrentWidget(page)
+        return job
+
+    def cancel_sweep(self) -> None:
+        if self._sweep_job is not None:
+            self.worker.cancel(self._sweep_job)
+            self.sweep_page.status.setText("Cancelling the sweep…")
+
+    def _on_sweep_progress(self, job_id: int, done: int, total: int) -> None:
+        if job_id == self._sweep_job:
+            self.sweep_page.show_progress(done, total)
+
+    def _on_sweep_cell(self, job_id: int, cell: CellView) -> None:
+        if job_id == self._sweep_job:
+            self.sweep_page.add_cell(cell)
+
+    def _on_sweep_finished(self, job_id: int, outcome: SweepOutcome) -> None:
+        if job_id != self._sweep_job:
+            return
+        self._sweep_job = None
+        self.sweep_page.finish(outcome)
+        if outcome.notices:
+            self.show_note(" ".join(outcome.notices))
+        self.sweep_ended.emit("finished")
+
+    def _on_sweep_failed(self, job_id: int, message: str) -> None:
+        if job_id != self._sweep_job:
+            return
+        self._sweep_job = None
+        self.sweep_page.failed(message)
+        self.show_error(message)
+        self.sweep_ended.emit("failed")
+
+    def _on_sweep_cancelled(self, job_id: int) -> None:
+        if job_id != self._sweep_job:
+            return
+        self._sweep_job = None
+        self.sweep_page.cancelled()
+        self.sweep_ended.emit("cancelled")
+
+    def use_sweep_cell(self, cell: CellView) -> None:
+        """Put a sweep picture's λ (and block map) and seed into the panels: the next Generate
+        makes that picture again."""
+        preset = self._sweep_rows.get(cell.preset) if cell.preset else None
+        if preset is not None:
+            if preset.name not in {p.name for p in self.balance.presets}:
+                preset = BlockPreset("", preset.weights)  # the edited map the sweep ran with
+            self.state.choose_block_preset(preset)
+        elif cell.preset is None:
+            self.state.apply_scale(1.0)  # a plain λ row: every layer at λ
+        self.state.set("scale", cell.strength)
+        if cell.request is not None:
+            self.state.choose_seed(cell.request.seed)
+        where = f" with {cell.preset}" if cell.preset else ""
+        self.show_note(
+            f"λ {cell.strength:g}{where} is set in the balance panel; the next Generate makes "
+            "this picture again."
+        )
+
+    def _on_clip_model_changed(self, path: str) -> None:
+        self.settings.clip_model = path
+        self.save_settings()
+        if Path(path).is_dir():
+            self.worker.preload_scorer(Path(path))
+
+    def _on_scorer_loaded(self, error: str) -> None:
+        if error:
+            self.sweep_page.status.setText(f"The CLIP model could not be loaded: {error}")
+        self.scorer_ready.emit(error)
 
     def _on_started(self, job_id: int) -> None:
         self._running = job_id

@@ -18,12 +18,22 @@ from pathlib import Path
 from PySide6.QtCore import QObject, Signal
 
 from ipa_studio.core.errors import RequestError
+from ipa_studio.core.presets import (
+    SD15_LAYERS,
+    BlockPreset,
+    check_weights,
+    compact_weights,
+    layer_weights,
+    load_presets,
+    match_preset,
+)
 from ipa_studio.core.request import (
     ENCODER_FITS,
     SCHEDULERS,
     ControlSpec,
     EncoderView,
     GenerationRequest,
+    HiresSpec,
     InitImage,
     MaskSpec,
     ModelSpec,
@@ -53,6 +63,10 @@ LIMITS: dict[str, tuple[float, float]] = {
     "weight": (0.0, 2.0),
     "control_scale": (0.0, 2.0),
     "control_resolution": (64, 2048),
+    "block_weight": (0.0, 2.0),
+    "hires_scale": (1.05, 4.0),
+    "hires_strength": (0.01, 1.0),
+    "hires_steps": (0, 150),
 }
 SETTING_NAMES = {
     "scale": "λ",
@@ -62,6 +76,9 @@ SETTING_NAMES = {
     "width": "width",
     "height": "height",
     "num_images": "number of pictures",
+    "hires_scale": "second pass upscale",
+    "hires_strength": "second pass strength",
+    "hires_steps": "second pass steps",
 }
 
 PRESETS: dict[str, tuple[float, bool]] = {
@@ -152,6 +169,12 @@ _FIELDS = (
 # ``mask_path`` names a PNG the canvas saved (or one reused from a picture's settings).
 _INIT_FIELDS = ("mode", "init_path", "strength", "mask_path", "only_masked", "mask_padding", "mask_blur")
 MODES = ("txt2img", "img2img", "inpaint")
+# The second pass (hires fix): on/off and the fields of ``HiresSpec``. Each announces "hires".
+_HIRES_FIELDS = ("hires_on", "hires_scale", "hires_strength", "hires_steps", "hires_upscaler")
+UPSCALER_LABELS = {"lanczos": "Lanczos"}
+"""The upscalers the window offers (``core.hires.UPSCALERS`` has no others built in)."""
+EVERYTHING = "Everything"
+"""The preset of the paper's adapter (every layer at λ): a plain λ in the request."""
 
 
 class ViewState(QObject):
@@ -172,9 +195,15 @@ class ViewState(QObject):
         self.prompt = last.prompt
         self.negative_prompt = last.negative_prompt
         self.scale: float = self._repaired("scale", last.scale)
-        # λ per UNet block, only when reused from an image made that way (the command line can);
-        # the window shows it and any move of the slider replaces it with one number.
-        self.scale_blocks: dict[str, float] | None = None
+        # The block map: a weight per UNet block or layer (a preset's shape), which the λ slider
+        # scales. None = every layer at λ (the paper's adapter). ``block_preset`` names the preset
+        # it came from, "" once it was edited into a map no preset has.
+        self.block_weights, self.block_preset = self._restore_blocks(last.block_map, last.block_preset)
+        self.hires_on = last.hires_on
+        self.hires_scale = self._repaired("hires_scale", last.hires_scale)
+        self.hires_strength = self._repaired("hires_strength", last.hires_strength)
+        self.hires_steps = int(self._repaired("hires_steps", last.hires_steps))
+        self.hires_upscaler = last.hires_upscaler if last.hires_upscaler in UPSCALER_LABELS else "lanczos"
         self.steps = int(self._repaired("steps", last.steps))
         self.guidance = self._repaired("guidance", last.guidance)
         self.seed = int(self._repaired("seed", last.seed))
@@ -198,6 +227,8 @@ class ViewState(QObject):
         self.negative_noise = 0.0
         self.controls: list[ControlItem] = []
         self.models = replace(models) if models is not None else ModelPaths()
+        self.presets_path: Path | None = None
+        """Where user presets are kept (None: ``core.presets``'s default file)."""
         self._restore_references(last.references)
 
     def _repaired(self, name: str, value: float) -> float:
@@ -210,6 +241,16 @@ class ViewState(QObject):
                 shown = shown[:21] + "…"
             self.repairs.append(f"{SETTING_NAMES[name]} {shown} → {fixed:g}")
         return fixed
+
+    def _restore_blocks(self, text: str, preset: str) -> tuple[dict[str, float] | None, str]:
+        if not text:
+            return None, EVERYTHING
+        try:
+            weights = check_weights(_parse_block_map(text), "The remembered block map")
+        except (RequestError, ValueError) as exc:
+            self.repairs.append(f"the block map ({exc}) → every layer")
+            return None, EVERYTHING
+        return weights, preset
 
     def _restore_references(self, saved: list[ReferenceValue]) -> None:
         lost = 0
@@ -233,25 +274,58 @@ class ViewState(QObject):
 
     # ------------------------------------------------------------------ plain values
     def set(self, name: str, value: object) -> None:
-        if name not in _FIELDS and name not in _INIT_FIELDS:
+        if name not in _FIELDS and name not in _INIT_FIELDS and name not in _HIRES_FIELDS:
             raise AttributeError(f"ViewState has no setting {name!r}")
         if name in _INIT_FIELDS:
             value = _init_value(name, value)
+        if name in _HIRES_FIELDS:
+            value = _hires_value(name, value)
         if name in LIMITS:
             value = _clamp(value, *LIMITS[name])  # type: ignore[arg-type]
-            if name in ("steps", "seed", "width", "height", "num_images"):
+            if name in ("steps", "seed", "width", "height", "num_images", "hires_steps"):
                 value = int(value)
         if name == "scale":
             value = float(value)  # type: ignore[arg-type]
-            if self.scale_blocks is not None:
-                self.scale_blocks = None
-                self.scale = value
-                self.changed.emit("scale")
-                return
         if getattr(self, name) == value:
             return
         setattr(self, name, value)
-        self.changed.emit(name)
+        self.changed.emit("hires" if name in _HIRES_FIELDS else name)
+
+    # ------------------------------------------------------------------ block map
+    def layer_values(self) -> list[float]:
+        """The block map's weight of each of the 16 cross-attention layers (``SD15_LAYERS`` order)."""
+        return layer_weights(1.0 if self.block_weights is None else self.block_weights)
+
+    def choose_block_preset(self, preset: BlockPreset) -> None:
+        """Show ``preset`` on the block map; the λ slider keeps its value and scales it."""
+        weights = None if _is_everything(preset.weights) else dict(preset.weights)
+        self._set_blocks(weights, preset.name)
+
+    def set_layer_weights(self, names: list[str], weight: float, presets: list[BlockPreset]) -> None:
+        """Give the layers ``names`` the weight ``weight`` (an edit on the block map). The map keeps
+        the name of a preset it then equals exactly, and otherwise is "Custom"."""
+        weight = round(_clamp(float(weight), *LIMITS["block_weight"]), 4)
+        values = self.layer_values()
+        for i, layer in enumerate(SD15_LAYERS):
+            if layer.name in names:
+                values[i] = weight
+        same = next((p for p in presets if layer_weights(p.weights) == values), None)
+        if same is not None:
+            self.choose_block_preset(same)
+            return
+        self._set_blocks(compact_weights(values), "")
+
+    def _set_blocks(self, weights: dict[str, float] | None, preset: str) -> None:
+        if (weights, preset) == (self.block_weights, self.block_preset):
+            return
+        self.block_weights, self.block_preset = weights, preset
+        self.changed.emit("blocks")
+
+    def request_scale(self) -> float | dict[str, float]:
+        """λ for the request: the slider's value, or the block map times it."""
+        if self.block_weights is None:
+            return self.scale
+        return {k: v * self.scale for k, v in self.block_weights.items()}
 
     def apply_preset(self, name: str) -> None:
         scale, clear_prompt = PRESETS[name]
@@ -425,7 +499,7 @@ class ViewState(QObject):
             controls=self._control_specs(),
             prompt=self.prompt,
             negative_prompt=self.negative_prompt,
-            scale=dict(self.scale_blocks) if self.scale_blocks is not None else self.scale,
+            scale=self.request_scale(),
             steps=self.steps,
             guidance=self.guidance,
             seed=self.seed,
@@ -436,6 +510,9 @@ class ViewState(QObject):
             init=init,
             mask=mask,
             negative_image=self._negative_spec() if self.references else None,
+            hires=HiresSpec(self.hires_scale, self.hires_strength, self.hires_steps, self.hires_upscaler)
+            if self.hires_on
+            else None,
         )
 
     def _reference_specs(self) -> tuple[Reference, ...]:
@@ -495,12 +572,21 @@ class ViewState(QObject):
                 + "; ".join(changed)
                 + "."
             )
-        if isinstance(request.scale, Mapping):
-            self.scale_blocks = {str(k): float(v) for k, v in request.scale.items()}
-            self.scale = float(self.scale_blocks.get("default", 0.0))
-            self.changed.emit("scale")
-        else:
-            self.set("scale", float(request.scale))
+        notes.extend(self.apply_scale(request.scale))
+        hires = request.hires
+        if hires is not None:
+            self.set("hires_scale", hires.scale)
+            self.set("hires_strength", hires.strength)
+            self.set("hires_steps", hires.steps)
+            if hires.upscaler in UPSCALER_LABELS:
+                self.set("hires_upscaler", hires.upscaler)
+            else:
+                notes.append(
+                    f"Its second pass used the upscaler '{hires.upscaler}', which is not available here; "
+                    "Lanczos is used instead."
+                )
+                self.set("hires_upscaler", "lanczos")
+        self.set("hires_on", hires is not None)
 
         notes.extend(self._apply_references(request))
 
@@ -570,6 +656,30 @@ class ViewState(QObject):
         self.negative_noise = round(_clamp(float(negative.noise), 0.0, 1.0), 4) if negative else 0.0
         self.changed.emit("negative")
         return notes
+
+    def apply_scale(self, scale: float | Mapping[str, float]) -> list[str]:
+        """The slider and the block map for a request's λ: a preset at a strength where one gives
+        exactly these layer values (``match_preset``), otherwise the map itself at λ 1."""
+        if not isinstance(scale, Mapping):
+            self.set("scale", float(scale))
+            self._set_blocks(None, EVERYTHING)
+            return []
+        weights = {str(k): float(v) for k, v in scale.items()}
+        found = match_preset(weights, load_presets(self.presets_path))
+        if found is not None and found[1] <= LIMITS["scale"][1]:
+            preset, strength = found
+            self.set("scale", strength)
+            self.choose_block_preset(preset)
+            return []
+        values = layer_weights(weights)
+        if max(values) > LIMITS["block_weight"][1]:
+            weights = compact_weights([min(v, LIMITS["block_weight"][1]) for v in values])
+            note = [f"Its λ per block went above {LIMITS['block_weight'][1]:g} and was brought to it."]
+        else:
+            note = []
+        self.set("scale", 1.0)
+        self._set_blocks(weights, "")
+        return note
 
     def _apply_init(self, request: GenerationRequest) -> list[str]:
         """Restore the start picture, strength and mask; the mode follows the request.
@@ -659,6 +769,13 @@ class ViewState(QObject):
                 )
                 for r in self.references
             ],
+            block_map=",".join(f"{k}={v!r}" for k, v in (self.block_weights or {}).items()),
+            block_preset=self.block_preset if self.block_weights is not None else "",
+            hires_on=self.hires_on,
+            hires_scale=self.hires_scale,
+            hires_strength=self.hires_strength,
+            hires_steps=self.hires_steps,
+            hires_upscaler=self.hires_upscaler,
         )
 
 
@@ -721,6 +838,30 @@ def _reference_value(name: str, value: object) -> object:
     if name == "weight":
         return float(_clamp(float(value), *LIMITS["weight"]))  # type: ignore[arg-type]
     raise AttributeError(f"a reference has no setting {name!r}")
+
+
+def _parse_block_map(text: str) -> dict[str, float]:
+    out = {}
+    for part in text.split(","):
+        name, _, value = part.partition("=")
+        out[name.strip()] = float(value)
+    return out
+
+
+def _hires_value(name: str, value: object) -> object:
+    if name == "hires_on":
+        return bool(value)
+    if name == "hires_upscaler":
+        if value not in UPSCALER_LABELS:
+            raise ValueError(f"the upscaler must be one of {', '.join(UPSCALER_LABELS)}, not {value!r}")
+        return value
+    if name == "hires_steps":
+        return int(value)  # type: ignore[call-overload]
+    return round(float(value), 4)  # type: ignore[arg-type]
+
+
+def _is_everything(weights: Mapping[str, float]) -> bool:
+    return all(w == 1.0 for w in layer_weights(weights))
 
 
 def within_limits(name: str, value: float) -> float:

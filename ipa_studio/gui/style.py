@@ -49,6 +49,10 @@ QListWidget#gallery::item {{ border: 2px solid transparent; border-radius: 4px; 
 QListWidget#gallery::item:selected {{ background: transparent; border: 2px solid {ACCENT}; }}
 QTabBar::tab {{ padding: 8px 22px; font-size: 10.5pt; }}
 QPushButton#statusLink {{ color: #9fbfff; text-align: right; padding: 0 6px; }}
+QFrame#sweepCell {{ background: #26262a; border: 2px solid transparent; border-radius: 6px; }}
+QFrame#sweepCell[balance="true"] {{ border: 2px solid #ffc400; background: #2e2a1e; }}
+QFrame#sweepCell[balance="true"] QLabel#sweepTitle {{ color: #ffc400; font-weight: 600; }}
+QLabel#sweepRowLabel {{ color: #dcdce0; font-weight: 600; }}
 """
 
 

@@ -31,6 +31,7 @@ from ipa_studio.core.request import GenerationRequest, ModelSpec
 from ipa_studio.gui.errors import describe_error
 from ipa_studio.gui.kept import keep_inputs
 from ipa_studio.gui.qimage import pil_to_qimage, thumbnail
+from ipa_studio.gui.sweep_job import ScorerCache, ScorerLoad, SweepJob
 
 log = logging.getLogger("ipa_studio.gui")
 
@@ -88,12 +89,21 @@ class GenerationWorker(QThread):
     job_failed = Signal(int, str)  # job id, a message for people
     job_cancelled = Signal(int)
     models_loaded = Signal(str)  # "" when the preloaded models are ready, else a message for people
+    # The λ sweep (its own signals: the window shows it on its own page, not as a generation).
+    sweep_started = Signal(int)
+    sweep_progress = Signal(int, int, int)  # job id, steps done, steps in all
+    sweep_cell = Signal(int, object)  # job id, sweep_job.CellView
+    sweep_finished = Signal(int, object)  # job id, sweep_job.SweepOutcome
+    sweep_failed = Signal(int, str)
+    sweep_cancelled = Signal(int)
+    scorer_loaded = Signal(str)  # "" when the sweep's CLIP model is ready, else a message for people
 
     def __init__(self, engine_factory: EngineFactory | None = None, parent: Any = None) -> None:
         super().__init__(parent)
         self.setObjectName("ipa-studio-engine")
         self._factory = engine_factory or default_engine_factory()
-        self._queue: queue.Queue[Job | ModelSpec | None] = queue.Queue()
+        self._queue: queue.Queue[Job | SweepJob | ScorerLoad | ModelSpec | None] = queue.Queue()
+        self._scorers = ScorerCache()
         self._last_id = 0
         self._engine_error = ""
         self._lock = threading.Lock()
@@ -108,6 +118,27 @@ class GenerationWorker(QThread):
             job = Job(self._last_id, request, Path(outputs_dir))
         self._queue.put(job)
         return job.id
+
+    def submit_sweep(
+        self,
+        request: GenerationRequest,
+        strengths: list[float],
+        presets: list[Any],
+        clip_model: Path,
+        outputs_dir: Path,
+    ) -> int:
+        """Queue a λ sweep (``core.sweep``) of ``request``; it runs after the jobs before it."""
+        with self._lock:
+            self._last_id += 1
+            job = SweepJob(
+                self._last_id, request, tuple(strengths), tuple(presets), Path(clip_model), Path(outputs_dir)
+            )
+        self._queue.put(job)
+        return job.id
+
+    def preload_scorer(self, folder: Path) -> None:
+        """Load the sweep's CLIP model now, between jobs (see ``sweep_job.ScorerLoad``)."""
+        self._queue.put(ScorerLoad(Path(folder)))
 
     def preload(self, models: ModelSpec) -> None:
         """Load ``models`` now, between jobs, so the next job starts computing at once.
@@ -168,6 +199,16 @@ class GenerationWorker(QThread):
             if isinstance(job, ModelSpec):
                 self._preload(job)
                 continue
+            if isinstance(job, ScorerLoad):
+                self._load_scorer(job.folder)
+                continue
+            if isinstance(job, SweepJob):
+                try:
+                    self._run_sweep(job)
+                finally:
+                    with self._lock:
+                        self._cancelled.discard(job.id)
+                continue
             try:
                 self._run_job(job)
             finally:
@@ -226,6 +267,44 @@ class GenerationWorker(QThread):
             self.job_failed.emit(job.id, describe_error(exc))
             return
         self.job_finished.emit(job.id, saved)
+
+    def _load_scorer(self, folder: Path) -> None:
+        if self.engine is None:
+            self.scorer_loaded.emit(self._engine_error)
+            return
+        try:
+            self._scorers.get(folder, self.engine.device)
+        except Exception as exc:
+            self.scorer_loaded.emit(describe_error(exc, "loading the CLIP model"))
+            return
+        self.scorer_loaded.emit("")
+
+    def _run_sweep(self, job: SweepJob) -> None:
+        from ipa_studio.gui import sweep_job
+
+        if self._is_cancelled(job.id):
+            self.sweep_cancelled.emit(job.id)
+            return
+        if self.engine is None:
+            self.sweep_failed.emit(job.id, self._engine_error)
+            return
+        self.sweep_started.emit(job.id)
+        try:
+            outcome = sweep_job.run(
+                self.engine,
+                job,
+                self._scorers,
+                lambda done, total: self.sweep_progress.emit(job.id, done, total),
+                lambda cell: self.sweep_cell.emit(job.id, cell),
+                lambda: self._is_cancelled(job.id),
+            )
+        except Cancelled:
+            self.sweep_cancelled.emit(job.id)
+            return
+        except Exception as exc:
+            self.sweep_failed.emit(job.id, describe_error(exc, "making the λ sweep"))
+            return
+        self.sweep_finished.emit(job.id, outcome)
 
     def _save(
         self, job: Job, images: list[Any], seconds: float, notices: tuple[str, ...] = ()

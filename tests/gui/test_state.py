@@ -86,12 +86,14 @@ def test_apply_request_restores_per_block_scale_and_reports_what_it_cannot(qapp,
     )
     state = ViewState(models=MODELS)
     notes = state.apply_request(request)
-    assert state.scale_blocks == {"down_blocks": 0.0, "up_blocks": 1.0}
+    # No preset gives this map: the block map shows it as it is, at λ 1.
+    assert state.block_weights == {"down_blocks": 0.0, "up_blocks": 1.0}
+    assert (state.block_preset, state.scale) == ("", 1.0)
     assert [r.path for r in state.references] == [str(ref)]
     assert state.models == MODELS  # the image's models are not on this computer
     assert len(notes) == 2
     assert "could not be found" in notes[0] and "not on this computer" in notes[1]
     assert (state.mode, state.init_path) == ("img2img", str(ref))  # the window does img2img now
     assert state.build_request().scale == {"down_blocks": 0.0, "up_blocks": 1.0}
-    state.set("scale", 0.5)  # the slider replaces the per-block λ
-    assert state.scale_blocks is None and state.build_request().scale == 0.5
+    state.set("scale", 0.5)  # the slider scales the map
+    assert state.build_request().scale == {"down_blocks": 0.0, "up_blocks": 0.5}

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from ipa_studio.core.errors import ModelFileError, RequestError
+from ipa_studio.core.presets import resolve_scale
 
 from .attention import AdapterContext, DecoupledAttnProcessor
 from .checkpoint import RESAMPLER_DIM_HEAD, AdapterCheckpoint, check_fits, parse_checkpoint, save_checkpoint
@@ -139,21 +140,6 @@ class IPAdapter(nn.Module):
         """Write in the official layout (``.safetensors`` or ``.bin`` by suffix)."""
         layers = [(k.weight, v.weight) for k, v in zip(self.to_k_ip, self.to_v_ip, strict=True)]
         return save_checkpoint(path, self.image_proj.state_dict(), layers)
-
-
-def resolve_scale(scale: Scale, layer_name: str) -> float:
-    """λ for one layer: a number applies everywhere; a mapping picks its longest matching prefix."""
-    if isinstance(scale, int | float):
-        return float(scale)
-    best: tuple[int, float] | None = None
-    for prefix, value in scale.items():
-        if prefix == "default":
-            continue
-        if (layer_name == prefix or layer_name.startswith(prefix + ".")) and (
-            best is None or len(prefix) > best[0]
-        ):
-            best = (len(prefix), float(value))
-    return best[1] if best else float(scale.get("default", 0.0))
 
 
 def reference_bias(

@@ -1,4 +1,4 @@
-"""Generation settings: steps, guidance, seed, size, sampler, number of images."""
+"""Generation settings: steps, guidance, seed, size, sampler, number of images, second pass."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from ipa_studio.gui.state import LIMITS, ViewState
+from ipa_studio.gui.state import LIMITS, UPSCALER_LABELS, ViewState
 from ipa_studio.gui.widgets.fields import ComboBox, DoubleSpinBox, SpinBox
 from ipa_studio.gui.widgets.icons import dice_icon
 from ipa_studio.gui.widgets.section import Section
@@ -119,6 +119,8 @@ class SettingsPanel(Section):
         self.num_images.setToolTip("How many pictures to make at once, each from a different starting noise")
         self._row(form, "Images", self.num_images)
 
+        self._build_hires(form)
+
         self._show_all()
         self.steps.valueChanged.connect(lambda v: state.set("steps", v))
         self.guidance.valueChanged.connect(lambda v: state.set("guidance", round(v, 2)))
@@ -133,6 +135,90 @@ class SettingsPanel(Section):
         )
         self.num_images.valueChanged.connect(lambda v: state.set("num_images", v))
         state.changed.connect(self._on_state)
+
+    def _build_hires(self, form: QFormLayout) -> None:
+        """The second pass ("hires fix"): upscale the picture, then repaint it at the larger size."""
+        self.hires_on = QCheckBox("Second pass (hires fix)")
+        self.hires_on.setToolTip(
+            "Make the picture, upscale it and repaint it at the larger size with the same prompt, "
+            "references and seed, in one job: sharper detail than generating large at once."
+        )
+        form.addRow(self.hires_on)
+        self.hires_scale = DoubleSpinBox()
+        self.hires_scale.setRange(*LIMITS["hires_scale"])
+        self.hires_scale.setSingleStep(0.25)
+        self.hires_scale.setDecimals(2)
+        self.hires_scale.setPrefix("× ")
+        self.hires_scale.setToolTip("How much larger the second pass makes the picture (1.5 is a good start)")
+        self.hires_size = QLabel()
+        self.hires_size.setObjectName("hint")
+        scale_row = QHBoxLayout()
+        scale_row.addWidget(self.hires_scale, 1)
+        scale_row.addWidget(self.hires_size)
+        self.hires_strength = DoubleSpinBox()
+        self.hires_strength.setRange(*LIMITS["hires_strength"])
+        self.hires_strength.setSingleStep(0.05)
+        self.hires_strength.setDecimals(2)
+        self.hires_strength.setToolTip(
+            "How much the second pass repaints: low keeps the first picture, high invents new detail "
+            "(0.4–0.6 is usual)"
+        )
+        self.hires_steps = SpinBox()
+        self.hires_steps.setRange(*_ints("hires_steps"))
+        self.hires_steps.setSpecialValueText("Same as Steps")
+        self.hires_steps.setToolTip(
+            "Steps of the second pass (of which it runs its strength's share); the lowest value uses "
+            "the Steps above"
+        )
+        self.hires_upscaler = ComboBox()
+        for name, label in UPSCALER_LABELS.items():
+            self.hires_upscaler.addItem(label, name)
+        self.hires_upscaler.setToolTip(
+            "How the picture is enlarged before it is repainted. Lanczos is built in; upscaler models "
+            "(ESRGAN and the like) are not supported yet."
+        )
+        self._hires_rows = []
+        for label, field in (
+            ("Upscale", scale_row),
+            ("Strength", self.hires_strength),
+            ("Steps", self.hires_steps),
+            ("Upscaler", self.hires_upscaler),
+        ):
+            tip = self.hires_scale.toolTip() if field is scale_row else field.toolTip()
+            self._row(form, label, field, tip)
+            self._hires_rows.append(form.rowCount() - 1)
+        self._hires_form = form
+        self.hires_on.toggled.connect(lambda on: self.state.set("hires_on", on))
+        self.hires_scale.valueChanged.connect(lambda v: self.state.set("hires_scale", v))
+        self.hires_strength.valueChanged.connect(lambda v: self.state.set("hires_strength", v))
+        self.hires_steps.valueChanged.connect(lambda v: self.state.set("hires_steps", v))
+        self.hires_upscaler.currentIndexChanged.connect(
+            lambda _: self.state.set("hires_upscaler", self.hires_upscaler.currentData())
+        )
+
+    def _show_hires(self) -> None:
+        s = self.state
+        widgets = (
+            self.hires_on,
+            self.hires_scale,
+            self.hires_strength,
+            self.hires_steps,
+            self.hires_upscaler,
+        )
+        for w in widgets:
+            w.blockSignals(True)
+        self.hires_on.setChecked(s.hires_on)
+        self.hires_scale.show_value(s.hires_scale)
+        self.hires_strength.show_value(s.hires_strength)
+        self.hires_steps.show_value(s.hires_steps)
+        self.hires_upscaler.setCurrentIndex(max(0, self.hires_upscaler.findData(s.hires_upscaler)))
+        for w in widgets:
+            w.blockSignals(False)
+        # The same rounding as the engine's (core.hires.upscaled_size), without importing it.
+        width, height = (max(64, round(side * s.hires_scale / 8) * 8) for side in (s.width, s.height))
+        self.hires_size.setText(f"→ {width} × {height}")
+        for row in self._hires_rows:
+            self._hires_form.setRowVisible(row, s.hires_on)
 
     @staticmethod
     def _row(form: QFormLayout, label: str, field: object, tip: str = "") -> None:
@@ -159,6 +245,8 @@ class SettingsPanel(Section):
     def _on_state(self, name: str) -> None:
         if name in ("steps", "guidance", "seed", "seed_locked", "width", "height", "scheduler", "num_images"):
             self._show_all()
+        if name in ("hires", "width", "height"):
+            self._show_hires()
 
     def _show_all(self) -> None:
         s = self.state
@@ -187,6 +275,7 @@ class SettingsPanel(Section):
         self.size_preset.setCurrentIndex(index if index >= 0 else self.size_preset.count() - 1)
         for w in widgets:
             w.blockSignals(False)
+        self._show_hires()
 
 
 def _multiple_of_8(value: int) -> int:
