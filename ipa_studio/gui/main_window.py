@@ -907,7 +907,10 @@ class MainWindow(QMainWindow):
         tab, the top of the page on the others."""
         if self.tabs.currentIndex() == CREATE_TAB:
             page = self.view_tabs.currentWidget()
-            return self.view if page is self.result_page else page.canvas
+            if page is self.result_page:
+                return self.view
+            # The canvas pages float it over their picture; the sweep page over the whole page.
+            return getattr(page, "canvas", page)
         page = self.tabs.currentWidget()
         return page.viewport() if hasattr(page, "viewport") else page
 

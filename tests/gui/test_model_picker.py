@@ -87,9 +87,18 @@ def test_picker_lists_the_library_and_greys_out_what_cannot_run(
     assert "Needs a CLIP image encoder with 24-wide features: using image_encoder." in about
     assert picker.about.property("warning") is False
 
-    # The Models tab shows the library's verdicts, not only its quick checks.
-    assert window.setup.rows["base"].status.text() == "Ready · SD1.x-shaped (32-wide text)"
-    assert window.setup.rows["adapter"].status.text() == "Ready · IP-Adapter for 32-wide text"
+    # The Models tab shows the library's verdicts, not only its quick checks. The verdicts arrive
+    # from the library's background check after the quick "Ready", so wait for them (a busy machine
+    # delays them); a wrong verdict still fails here after the timeout.
+    rows = window.setup.rows
+    expected = {
+        "base": "Ready · SD1.x-shaped (32-wide text)",
+        "adapter": "Ready · IP-Adapter for 32-wide text",
+    }
+    try:
+        qtbot.waitUntil(lambda: all(rows[k].status.text() == v for k, v in expected.items()), timeout=20_000)
+    finally:
+        assert {k: rows[k].status.text() for k in expected} == expected
 
 
 def test_an_adapter_gets_its_encoder_or_says_which_one_is_missing(
