@@ -34,6 +34,17 @@ from ipa_studio.core.errors import ModelFileError
 
 SD15_WIDTH = 768
 _WIDTH_FAMILY = {768: "SD1.x", 1024: "SD2.x", 1280: "SDXL"}
+# What a lone tensor of some layer is called, never a token.
+_PARAMETER_NAMES = {
+    "weight",
+    "bias",
+    "scale",
+    "alpha",
+    "embedding",
+    "embeddings",
+    "running_mean",
+    "running_var",
+}
 
 
 @dataclass(frozen=True)
@@ -54,8 +65,9 @@ class EmbeddingInfo:
         return self.reason is None
 
 
-def embedding_key(shapes: Mapping[str, tuple[int, ...]]) -> tuple[str, str] | None:
-    """(key of the vectors, layout name) when these weights are a textual inversion, else None."""
+def embedding_key(shapes: Mapping[str, tuple[int, ...]], width: int = SD15_WIDTH) -> tuple[str, str] | None:
+    """(key of the vectors, layout name) when these weights are a textual inversion, else None.
+    ``width``: the text encoder's, which a lone tensor may have besides the known ones."""
     keys = list(shapes)
     params = [k for k in keys if k.startswith("string_to_param.")]
     if params:
@@ -67,7 +79,8 @@ def embedding_key(shapes: Mapping[str, tuple[int, ...]]) -> tuple[str, str] | No
     if len(keys) == 1:
         key, shape = keys[0], shapes[keys[0]]
         # diffusers' learned_embeds: named after its token ("<cat-toy>"), never a dotted layer path.
-        if "." not in key and len(shape) in (1, 2) and shape[-1] in _WIDTH_FAMILY:
+        token_like = "." not in key and key.lower() not in _PARAMETER_NAMES
+        if token_like and len(shape) in (1, 2) and (shape[-1] in _WIDTH_FAMILY or shape[-1] == width):
             return key, "diffusers learned_embeds"
     return None
 
@@ -76,7 +89,7 @@ def describe_shapes(
     path: Path, shapes: Mapping[str, tuple[int, ...]], width: int = SD15_WIDTH
 ) -> EmbeddingInfo | None:
     """The verdict on an embedding file for a text encoder ``width`` wide; None: not an embedding."""
-    found = embedding_key(shapes)
+    found = embedding_key(shapes, width)
     if found is None:
         return None
     key, layout = found
@@ -124,7 +137,7 @@ def read_embedding(path: str | Path, width: int = SD15_WIDTH) -> torch.Tensor:
         raise ModelFileError(f"'{path.name}' is not a textual-inversion embedding.")
     if not info.usable:
         raise ModelFileError(f"The embedding '{path.name}' cannot be used: {info.reason}.")
-    key = embedding_key({k: tuple(v.shape) for k, v in state.items()})
+    key = embedding_key({k: tuple(v.shape) for k, v in state.items()}, width)
     assert key is not None
     vectors = state[key[0]].detach()
     return vectors.reshape(-1, vectors.shape[-1]).clone()
