@@ -39,6 +39,7 @@ MAX_SEED = 2**64 - 1  # what torch.Generator.manual_seed accepts
 MAX_MASK_PADDING = 4096
 MAX_MASK_BLUR = 256
 MAX_HIRES_SCALE = 4.0
+MAX_LORA_STRENGTH = 10.0  # either sign: negative strengths remove a LoRA's effect (A1111 allows them)
 
 
 @dataclass(frozen=True)
@@ -174,6 +175,22 @@ def check_request(r: GenerationRequest) -> None:
         _number(c.end, f"The end of control {i}", 0.0, 1.0)
         if not c.start < c.end:
             raise RequestError(f"Control {i}'s start must be below its end, both between 0 and 1.")
+    check_loras(r)
+
+
+def check_loras(r: GenerationRequest) -> None:
+    """LoRA strengths and embedding names; the files themselves are judged when they are read."""
+    from pathlib import Path
+
+    limit = MAX_LORA_STRENGTH
+    for spec in r.loras:
+        name = Path(str(spec.path)).name
+        _number(spec.strength, f"The strength of the LoRA '{name}'", -limit, limit)
+        if spec.text_strength is not None:
+            _number(spec.text_strength, f"The text strength of the LoRA '{name}'", -limit, limit)
+    for item in r.embeddings:
+        if not Path(str(item)).stem.strip():
+            raise RequestError(f"The embedding file '{item}' has no name a prompt could use.")
 
 
 def check_image_prompt(r: GenerationRequest) -> None:
