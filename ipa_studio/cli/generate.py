@@ -346,10 +346,33 @@ def request_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser)
 
     # Every number is checked before anything is looked up or loaded.
     check_request(request)
+    request = request.replace(loras=request.loras + _tagged_loras(request))
     if args.image_encoder is None and args.adapter is not None:
         encoder = find_image_encoder(args.adapter)
         request = request.replace(models=ModelSpec(args.model, args.adapter, encoder))
     return request
+
+
+def _tagged_loras(request: GenerationRequest) -> tuple[LoraSpec, ...]:
+    """LoRAs the prompt names A1111's way (``<lora:name:0.8>``) and no --lora gives, found by name
+    in the model library; the others are reported by the engine as left out."""
+    if "<lora:" not in request.prompt.lower() and "<lyco:" not in request.prompt.lower():
+        return ()
+    from ipa_studio.core.lora import prompt_lora_tags
+    from ipa_studio.core.models.library import ModelLibrary
+
+    given = {Path(str(spec.path)).stem.lower() for spec in request.loras}
+    tags = [t for t in prompt_lora_tags(request.prompt) if t.name.lower() not in given]
+    if not tags:
+        return ()
+    known = {e.name.lower(): e for e in ModelLibrary().entries("lora", usable_only=True)}
+    found = []
+    for tag in tags:
+        entry = known.get(tag.name.lower())
+        if entry is not None:
+            found.append(LoraSpec(entry.path, tag.strength, tag.text_strength))
+            given.add(tag.name.lower())
+    return tuple(found)
 
 
 def output_paths(out: Path, count: int) -> list[Path]:

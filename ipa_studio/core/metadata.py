@@ -160,11 +160,14 @@ def lora_tags(request: GenerationRequest) -> str:
     ``<lora:name:te:unet>`` when the text strength differs (A1111's built-in Lora extension,
     ``extensions-builtin/Lora/networks.py``: the first number is the text-encoder multiplier, the
     second the UNet's, which defaults to the first)."""
+    from ipa_studio.core.lora import prompt_lora_tags
+
+    written = {tag.name.lower() for tag in prompt_lora_tags(request.prompt)}
     tags = []
     for spec in request.loras:
-        if not spec.enabled:
-            continue
         name = _model_name(spec.path)
+        if not spec.enabled or name.lower() in written:
+            continue  # a LoRA the prompt already names with its own tag keeps that tag
         text = spec.strength if spec.text_strength is None else spec.text_strength
         if text == spec.strength:
             tags.append(f"<lora:{name}:{_num(spec.strength)}>")

@@ -178,6 +178,26 @@ def check_request(r: GenerationRequest) -> None:
     check_loras(r)
 
 
+def lora_tag_notices(r: GenerationRequest) -> list[str]:
+    """A prompt's ``<lora:name:w>`` tags (A1111's way of choosing LoRAs) whose LoRA is not in the
+    request's list: said, since their text is left out of the prompt and no file is applied."""
+    if "<" not in r.prompt + r.negative_prompt:
+        return []
+    from pathlib import Path
+
+    from ipa_studio.core.lora import prompt_lora_tags
+
+    listed = {Path(str(spec.path)).stem.lower() for spec in r.loras if spec.enabled}
+    out = []
+    for tag in prompt_lora_tags(r.prompt) + prompt_lora_tags(r.negative_prompt):
+        if tag.name.lower() not in listed:
+            out.append(
+                f"The prompt names the LoRA '{tag.name}' ({tag.text}), which is not in the LoRA list: "
+                "the tag was left out of the prompt. Add the LoRA file to use it."
+            )
+    return out
+
+
 def check_loras(r: GenerationRequest) -> None:
     """LoRA strengths and embedding names; the files themselves are judged when they are read."""
     from pathlib import Path
@@ -255,6 +275,7 @@ def prepare(r: GenerationRequest) -> Prepared:
             notices.append(notice)
         mask = Mask(mask_image, _resized(mask_image, size, Image.Resampling.BILINEAR))
     controls = tuple(load_image(c.image, what="control image") for c in r.controls)
+    notices.extend(lora_tag_notices(r))
     references = []
     for i, (ref, picture) in enumerate(zip(used, pictures, strict=True), 1):
         region = None

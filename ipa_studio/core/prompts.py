@@ -39,6 +39,11 @@ Textual-inversion embeddings (A1111 ``modules/sd_hijack.py`` ``EmbeddingsWithFix
     taking an embedding away leaves the model as it was. An embedding never straddles two chunks: one
     that does not fit in what is left of a chunk starts the next, as in A1111.
 
+Extra-network tags (A1111 ``modules/extra_networks.py``)
+    ``<lora:name:0.8>`` (and ``<lyco:…>``, ``<hypernet:…>``) in a prompt name a network, not words:
+    they are taken out of the text before it is tokenized, as A1111 does. The LoRAs themselves come
+    from the request's LoRA list (``core/lora.py`` ``prompt_lora_tags`` reads the tags).
+
 Everything else works through the model's own ``tokenizer`` and ``text_encoder``.
 """
 
@@ -241,6 +246,15 @@ class PromptChunks:
         return text
 
 
+NETWORK_TAG = re.compile(r"<(lora|lyco|hypernet):([^:<>]+)((?::[^:<>]*)*)>", re.IGNORECASE)
+"""An A1111 extra-network tag: kind, name, and the ``:number`` parts."""
+
+
+def strip_network_tags(text: str) -> str:
+    """The prompt without its ``<lora:…>`` tags (what the text encoder sees)."""
+    return NETWORK_TAG.sub("", text) if "<" in text else text
+
+
 EMBEDDING_PLACEHOLDER = 0
 """The id written where an embedding's vectors go (the vectors replace its embedding row)."""
 
@@ -279,7 +293,7 @@ def tokenize_prompt(
 
     ``embeddings``: {name: number of vectors} of the textual inversions the prompt may use by name.
     """
-    fragments = parse_prompt(text)
+    fragments = parse_prompt(strip_network_tags(text))
     lower = {name.lower(): name for name in embeddings or {}}
     pattern = _embedding_pattern(embeddings) if embeddings else None
     chunk_length = int(tokenizer.model_max_length) - 2

@@ -132,3 +132,54 @@ def test_bad_lora_arguments_are_refused_in_words(files, tiny_sd15, capsys):
     err = capsys.readouterr().err
     assert "nope.safetensors" in err and "does not exist" in err
     assert not (files["dir"] / "x.png").exists()
+
+
+def test_prompt_tags_are_read_as_a1111_does_and_never_reach_the_text_encoder(
+    files, tiny_sd15, tiny_adapters, tiny_image_encoder
+):
+    from ipa_studio.core.lora import prompt_lora_tags
+
+    tags = prompt_lora_tags("a <lora:a:0.5> b <lora:b:0.4:1.2>, <lyco:c> <lora:d:te=0.2:unet=0.7> <lora:e:x>")
+    assert [(t.name, t.strength, t.text_strength) for t in tags] == [
+        ("a", 0.5, 0.5),
+        ("b", 1.2, 0.4),
+        ("c", 1.0, 1.0),
+        ("d", 0.7, 0.2),
+    ]
+    engine = Engine(device="cpu", dtype=torch.float32)
+    models = ModelSpec(tiny_sd15, tiny_adapters[("global", "safetensors")], tiny_image_encoder)
+    base = GenerationRequest(models=models, prompt="a lighthouse", steps=2, width=64, height=64, seed=3)
+    listed = base.replace(loras=(LoraSpec(files["detail"], 0.8),))
+    plain = engine.generate(listed)
+    tagged = engine.generate(listed.replace(prompt="a lighthouse <lora:detail_tweaker:0.8>"))
+    assert torch.equal(plain.latents, tagged.latents)
+    assert tagged.notices == []
+    # The tag is written once in A1111's line, not repeated from the list.
+    meta = request_to_metadata(tagged.request, hashes=ModelHashes())
+    assert meta["parameters"].split("\n")[0] == "a lighthouse <lora:detail_tweaker:0.8>"
+    unlisted = engine.generate(base.replace(prompt="a lighthouse <lora:missing_style:1>"))
+    assert unlisted.notices == [
+        "The prompt names the LoRA 'missing_style' (<lora:missing_style:1>), which is not in the LoRA "
+        "list: the tag was left out of the prompt. Add the LoRA file to use it."
+    ]
+    assert torch.equal(unlisted.latents, engine.generate(base).latents)
+
+
+def test_cli_finds_tagged_loras_in_the_model_library(
+    files, tiny_sd15, tiny_adapters, tiny_image_encoder, monkeypatch, tmp_path, tiny_as_bundled
+):
+    from ipa_studio.core.models.library import ModelLibrary
+
+    # tiny_as_bundled: the tiny models' widths are what SD1.5's are to the library.
+
+    monkeypatch.setenv("IPA_STUDIO_MODELS", str(tmp_path / "library"))
+    entry = ModelLibrary(tmp_path / "library").add(files["style"], hash_files=False)
+    assert entry.usable, entry.reason
+    out = tmp_path / "tagged.png"
+    args = [
+        "generate", "--model", str(tiny_sd15), "--prompt", f"a lighthouse <lora:{entry.name}:0.6>",
+        "--steps", "2", "--seed", "5", "--width", "64", "--height", "64", "--quiet", "--out", str(out),
+    ]  # fmt: skip
+    assert main(args) == 0
+    restored = request_from_metadata(read_png_metadata(out))
+    assert [(Path(s.path).name, s.strength) for s in restored.loras] == [(files["style"].name, 0.6)]

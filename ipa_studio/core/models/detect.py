@@ -352,9 +352,10 @@ def classify_shapes(
         facts = _lora_facts(shapes, lora)
         facts["base"] = info.base or facts["base"]
         reason = info.reason
-        if reason is None and facts["cross_attention_dim"] not in (None, SD15_TEXT_WIDTH):
+        sd15 = _bundled_text_width()
+        if reason is None and facts["cross_attention_dim"] not in (None, sd15):
             width = facts["cross_attention_dim"]
-            reason = f"it is a LoRA for a model with {width}-wide text; SD1.5 models have 768"
+            reason = f"it is a LoRA for a model with {width}-wide text; SD1.5 models have {sd15}"
         return _make(path, "lora", "LoRA", reason, fmt, **facts, layers=info.layers)
     if "vision_model.embeddings.patch_embedding.weight" in shapes:
         return _classify_image_encoder_file(path, shapes, fmt)
@@ -481,6 +482,14 @@ def _lora_facts(shapes: Mapping[str, tuple[int, ...]], fmt: str) -> dict[str, An
     }
 
 
+def _bundled_text_width() -> int:
+    """The SD1.5 text width (768) from the bundled text-encoder config single files are loaded with."""
+    from ipa_studio.core.models.loader import bundled_resources
+
+    path = bundled_resources() / "sd15" / "text_encoder_config.json"
+    return int(json.loads(path.read_text(encoding="utf-8"))["hidden_size"])
+
+
 def _embedding_verdict(
     path: Path, shapes: Mapping[str, tuple[int, ...]]
 ) -> tuple[str | None, dict[str, Any]] | None:
@@ -488,7 +497,7 @@ def _embedding_verdict(
     uses) for SD1.5's 768-wide text encoder; None when the weights are not one."""
     from ipa_studio.core.embeddings import describe_shapes, embedding_key
 
-    info = describe_shapes(path, shapes)
+    info = describe_shapes(path, shapes, _bundled_text_width())
     if info is None:
         return None
     facts: dict[str, Any] = {
