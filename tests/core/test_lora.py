@@ -390,3 +390,38 @@ def test_refusals_are_worded(tmp_path: Path, images, tiny_sd15, tiny_image_encod
         engine.generate(_request(models, [LoraSpec(misfit)], "txt2img", images))
     for k, v in engine.base.unet.state_dict().items():
         assert torch.equal(v, state[k]), k
+
+
+def test_full_size_kohya_layout_fits_every_layer_of_sd15(tmp_path: Path):
+    """At SD1.5's real widths (the bundled configs, built on the meta device: no memory), kohya's
+    names for every layer a LoCon trains (attention, feed-forward, proj_in/out, ResNet and sampler
+    convolutions, time-embedding projections) and for the text encoder's attention are read as an
+    SD1.5 LoRA and each one finds its layer, at its shape."""
+    from accelerate import init_empty_weights
+    from transformers import CLIPTextConfig
+
+    from ipa_studio.core.lora import LoraPatcher, read_lora
+    from ipa_studio.core.models.loader import single_file_configs
+
+    configs = single_file_configs()
+    with init_empty_weights():
+        unet = UNet2DConditionModel(**{k: v for k, v in configs["unet"].items() if not k.startswith("_")})
+        text_encoder = CLIPTextModel(CLIPTextConfig(**configs["text_encoder"]))
+    torch.manual_seed(0)
+    state = {**kohya_locon(unet, rank=1), **kohya_lora(unet, text_encoder, rank=1)}
+    # kohya also trains each ResNet's time-embedding projection (a Linear outside the attentions).
+    for path, m in unet.named_modules():
+        if path.endswith("time_emb_proj"):
+            name = "lora_unet_" + path.replace(".", "_")
+            state[f"{name}.lora_down.weight"] = torch.zeros(1, m.in_features)
+            state[f"{name}.lora_up.weight"] = torch.zeros(m.out_features, 1)
+    path = tmp_path / "lcm_layout.safetensors"
+    save_file(state, path)
+    info = describe_lora(path)
+    assert (info.usable, info.base, info.parts) == (True, "SD1.x", ("unet", "text_encoder"))
+    weights = read_lora(path)
+    LoraPatcher(unet, text_encoder).check(weights)  # raises naming the first layer that does not fit
+    layers = sum(len(v) for v in weights.parts.values())
+    # 16 transformer blocks × (8 attention + 2 feed-forward + proj_in/out), 22 ResNets × 2 convs,
+    # 6 down/up-sampler convs, 22 time projections, 12 text layers × 4 attention projections.
+    assert layers == info.layers == 16 * 12 + 22 * 2 + 6 + 22 + 12 * 4
