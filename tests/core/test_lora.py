@@ -425,3 +425,35 @@ def test_full_size_kohya_layout_fits_every_layer_of_sd15(tmp_path: Path):
     # 16 transformer blocks × (8 attention + 2 feed-forward + proj_in/out), 22 ResNets × 2 convs,
     # 6 down/up-sampler convs, 22 time projections, 12 text layers × 4 attention projections.
     assert layers == info.layers == 16 * 12 + 22 * 2 + 6 + 22 + 12 * 4
+
+
+def test_lora_without_adapter_then_adapter_added_and_removed(
+    lora_files, images, tiny_sd15, tiny_image_encoder, tiny_adapters
+):
+    path = lora_files["kohya"]
+    adapter = tiny_adapters[("global", "safetensors")]
+    # diffusers with the LoRA and no IP-Adapter at all.
+    pipe = diffusers_pipeline(StableDiffusionPipeline, tiny_sd15, tiny_image_encoder)
+    pipe.load_lora_weights(str(path.parent), weight_name=path.name, adapter_name="a")
+    pipe.set_adapters(["a"], adapter_weights=[{"unet": 0.9, "text_encoder": 0.7}])
+    with torch.no_grad():
+        theirs = pipe(
+            prompt=PROMPT,
+            num_inference_steps=STEPS,
+            generator=torch.Generator("cpu").manual_seed(SEED),
+            output_type="latent",
+            height=64,
+            width=64,
+        ).images
+    engine = Engine(device="cpu", dtype=torch.float32)
+    lora = [LoraSpec(path, 0.9, 0.7)]
+    text_only = _request(ModelSpec(tiny_sd15), lora, "txt2img", images).replace(references=())
+    first = engine.generate(text_only).latents
+    assert _diff(first, theirs) <= TOL
+    # The adapter installed over the LoRA'd UNet = the adapter and LoRA loaded together.
+    with_adapter = _request(ModelSpec(tiny_sd15, adapter, tiny_image_encoder), lora, "txt2img", images)
+    both = engine.generate(with_adapter).latents
+    fresh = Engine(device="cpu", dtype=torch.float32).generate(with_adapter).latents
+    assert torch.equal(both, fresh)
+    # And taken off again, the LoRA stays as it was.
+    assert torch.equal(engine.generate(text_only).latents, first)
