@@ -429,16 +429,24 @@ class LoraPatcher:
                 for flat, layer in layers.items():
                     plan.setdefault((part, flat), []).append((layer, strength))
         with torch.no_grad():
+            # The merged tensors of the previous set are written over (fp32 ones), not re-allocated:
+            # a change of strength then costs the arithmetic, not gigabytes of fresh memory.
+            spare = {k: param.data for k, (param, _) in self._originals.items()}
             self.restore()
             for (part, flat), changes in plan.items():
                 param = self._tables[part][flat].weight
                 original = param.data
-                merged = original.to(torch.float32, copy=True).flatten(1)
+                buffer = spare.pop((part, flat), None)
+                if buffer is not None and buffer.dtype == torch.float32 and buffer.shape == original.shape:
+                    merged = buffer.copy_(original).flatten(1)
+                else:
+                    merged = original.to(torch.float32, copy=True).flatten(1)
                 for layer, strength in changes:
                     layer.add_to_(merged, strength)
                 self._originals[(part, flat)] = (param, original)
                 # A new tensor, the original kept untouched: restoring is putting it back.
                 param.data = merged.reshape(original.shape).to(original.dtype)
+            del spare
         self.applied = key
         self.text_state = tuple(
             (str(a.weights.path), a.text_strength)
