@@ -457,3 +457,21 @@ def test_lora_without_adapter_then_adapter_added_and_removed(
     assert torch.equal(both, fresh)
     # And taken off again, the LoRA stays as it was.
     assert torch.equal(engine.generate(text_only).latents, first)
+
+
+def test_hostile_pickles_as_lora_or_embedding_run_nothing(tmp_path: Path, images, tiny_sd15):
+    from ipa_studio.core.errors import UnsafeFileError
+    from tests.fixtures.malicious import write_malicious_pickle
+
+    marker = tmp_path / "pwned"
+    lora = write_malicious_pickle(tmp_path / "add_detail.pt", marker)
+    embedding = write_malicious_pickle(tmp_path / "easynegative.pt", tmp_path / "pwned2")
+    engine = Engine(device="cpu", dtype=torch.float32)
+    base = GenerationRequest(models=ModelSpec(tiny_sd15), prompt="easynegative", steps=1, width=64, height=64)
+    with pytest.raises(UnsafeFileError, match="never runs code from model files"):
+        engine.generate(base.replace(loras=(LoraSpec(lora),)))
+    with pytest.raises(UnsafeFileError, match="never runs code from model files"):
+        engine.generate(base.replace(embeddings=(embedding,)))
+    with pytest.raises(UnsafeFileError):
+        describe_lora(lora)
+    assert not marker.exists() and not (tmp_path / "pwned2").exists()
