@@ -72,10 +72,10 @@ def full_request() -> GenerationRequest:
         negative_image=NegativeImage("negative.png", noise=0.25),
         hires=HiresSpec(scale=1.5, strength=0.4, steps=12, upscaler="4x-model"),
         loras=(
-            LoraSpec("loras/ink_style.safetensors", strength=0.6, text_strength=0.3, enabled=False),
-            LoraSpec("loras/lcm-lora-sdv1-5.safetensors", strength=1.5, text_strength=1.25, enabled=False),
+            LoraSpec("loras/detail, tweaker.safetensors", 0.8, 0.4, enabled=False),
+            LoraSpec("loras/style.pt", -0.5, 1.5, enabled=False),
         ),
-        embeddings=("embeddings/EasyNegative.safetensors",),
+        embeddings=("embeddings/easynegative.safetensors", "embeddings/bad-hands-5.pt"),
     )
 
 
