@@ -36,6 +36,9 @@ import torch
 
 from ipa_studio.core.errors import ModelFileError, RequestError
 
+# The tag reader lives in the torch-free prompt code (picture import uses it without torch).
+from ipa_studio.core.prompts import PromptTag, prompt_lora_tags  # noqa: F401
+
 UNET, TEXT = "unet", "text_encoder"
 SD15_TEXT_WIDTH = 768
 _FAMILIES = {768: "SD1.x", 1024: "SD2.x", 2048: "SDXL"}
@@ -465,44 +468,6 @@ class LoraPatcher:
 
 
 # ------------------------------------------------------------------------------------------ prompt tags
-
-
-@dataclass(frozen=True)
-class PromptTag:
-    """``<lora:name:te:unet>`` as A1111's Lora extension reads it (``extensions-builtin/Lora/
-    networks.py``): the first number is the text-encoder strength, the second the UNet's (default:
-    the first), both 1 when absent; ``te=`` / ``unet=`` name them."""
-
-    name: str
-    strength: float
-    text_strength: float
-    text: str
-
-
-def prompt_lora_tags(text: str) -> list[PromptTag]:
-    """The ``<lora:…>`` / ``<lyco:…>`` tags of a prompt, in order; a tag whose numbers cannot be read
-    is skipped (its text still never reaches the text encoder)."""
-    from ipa_studio.core.prompts import NETWORK_TAG
-
-    out = []
-    for m in NETWORK_TAG.finditer(text):
-        if m.group(1).lower() == "hypernet":
-            continue
-        positional: list[float] = []
-        named: dict[str, float] = {}
-        try:
-            for part in [p for p in m.group(3).split(":") if p.strip()]:
-                key, eq, value = part.partition("=")
-                if eq:
-                    named[key.strip().lower()] = float(value)
-                else:
-                    positional.append(float(part))
-        except ValueError:
-            continue
-        te = named.get("te", positional[0] if positional else 1.0)
-        unet = named.get("unet", positional[1] if len(positional) > 1 else te)
-        out.append(PromptTag(m.group(2).strip(), unet, te, m.group(0)))
-    return out
 
 
 # ------------------------------------------------------------------------------------------ CLI text

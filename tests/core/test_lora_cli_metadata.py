@@ -183,3 +183,24 @@ def test_cli_finds_tagged_loras_in_the_model_library(
     assert main(args) == 0
     restored = request_from_metadata(read_png_metadata(out))
     assert [(Path(s.path).name, s.strength) for s in restored.loras] == [(files["style"].name, 0.6)]
+
+
+def test_loras_in_other_programs_pictures_are_read(files, tiny_sd15):
+    """A1111 prompt tags with ``Lora hashes`` and ComfyUI's LoraLoader (fixtures from their published
+    layouts, tests/fixtures/foreign_pngs.py), and our own ``parameters`` line read as A1111's."""
+    from ipa_studio.core.foreign_metadata import ForeignLora, read_foreign_settings
+    from tests.fixtures.foreign_pngs import A1111_TEXT, COMFY_PROMPT, comfy_workflow
+
+    tagged = A1111_TEXT.replace("a red car on a wet street", "a red car <lora:detail:0.8> <lora:other:0.5:1>")
+    a1111 = read_foreign_settings({"parameters": tagged})
+    assert a1111.loras == (ForeignLora("detail", 0.8, 0.8, "0123456789ab"), ForeignLora("other", 1.0, 0.5))
+    assert read_foreign_settings({"parameters": A1111_TEXT}).loras == ()  # hashes alone name no strength
+    for meta in ({"prompt": json.dumps(COMFY_PROMPT)}, {"workflow": json.dumps(comfy_workflow())}):
+        assert read_foreign_settings(meta).loras == (ForeignLora("detail", 0.8, 0.8),)
+
+    request = GenerationRequest(
+        models=ModelSpec(tiny_sd15), prompt="a cat", loras=(LoraSpec(files["detail"], 0.6, 0.3),)
+    )
+    ours = request_to_metadata(request)
+    back = read_foreign_settings({"parameters": ours["parameters"]})
+    assert back.loras == (ForeignLora("detail_tweaker", 0.6, 0.3, _addnet(files["detail"])[:12]),)
