@@ -48,6 +48,9 @@ from ipa_studio.core.references import (
 from ipa_studio.core.regions import RegionMask
 from ipa_studio.core.request import EncoderView, GenerationRequest, ImageSource
 
+TCD_GAMMA = 0.3
+"""TCD's stochasticity (diffusers' ``eta``; 0 = deterministic multistep, 1 = ancestral-like)."""
+
 # Latent → RGB for a cheap live preview (SD1.5 latent space; rows = latent channels).
 PREVIEW_MATRIX = torch.tensor(
     [
@@ -505,12 +508,22 @@ class Engine:
         return compose.paste_back(p.start.original, image, p.mask.original, r.mask.blur, full_box)
 
     def _make_scheduler(self, name: str) -> Any:
-        from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, EulerAncestralDiscreteScheduler
+        from diffusers import (
+            DDIMScheduler,
+            DPMSolverMultistepScheduler,
+            EulerAncestralDiscreteScheduler,
+            LCMScheduler,
+            TCDScheduler,
+        )
 
         classes = {
             "ddim": DDIMScheduler,
             "dpm++": DPMSolverMultistepScheduler,
             "euler-a": EulerAncestralDiscreteScheduler,
+            # Built from the base model's own config (betas, offset), as the LCM-LoRA and TCD-LoRA
+            # model cards do: ``LCMScheduler.from_config(pipe.scheduler.config)``.
+            "lcm": LCMScheduler,
+            "tcd": TCDScheduler,
         }
         return classes[name].from_config(self._base.scheduler_config)
 
@@ -559,7 +572,9 @@ class Engine:
             extra = {}
             step_params = set(inspect.signature(scheduler.step).parameters)
             if "eta" in step_params:
-                extra["eta"] = 0.0
+                # DDIM: deterministic (eta 0). TCD: its "gamma", the share of fresh noise in each
+                # step; 0.3 is what the TCD authors recommend for 4-8 steps.
+                extra["eta"] = TCD_GAMMA if r.scheduler == "tcd" else 0.0
             if "generator" in step_params:
                 extra["generator"] = generator
 

@@ -31,6 +31,8 @@ SCHEDULER_LABELS: dict[str, tuple[str, str]] = {
     "ddim": ("DDIM", "The paper's sampler: steady, good at 30–50 steps"),
     "dpm++": ("DPM++ 2M", "Sharp results in fewer steps (20–30)"),
     "euler-a": ("Euler a", "Softer and more varied; changes a lot with the number of steps"),
+    "lcm": ("LCM", "For an LCM-LoRA: 4–8 steps, guidance 1–2 (blurry without one)"),
+    "tcd": ("TCD", "For a TCD or Hyper-SD LoRA: 4–8 steps, guidance 1–2"),
 }
 
 
