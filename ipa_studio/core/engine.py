@@ -486,7 +486,8 @@ class Engine:
             latents = self._denoise(request, prepared, on_step, should_cancel, started)
             with torch.no_grad():
                 vae = self._base.vae
-                decoded = vae.decode(latents / vae.config.scaling_factor, return_dict=False)[0]
+                scaled = (latents / vae.config.scaling_factor).to(vae.dtype)
+                decoded = vae.decode(scaled, return_dict=False)[0]
             images = _to_pil(decoded)
         finally:
             if self._adapter is not None:
@@ -586,18 +587,18 @@ class Engine:
                     image_prompt.step(i, total)  # references outside their step window drop out
                 model_in = torch.cat([latents] * 2) if cfg else latents
                 model_in = scheduler.scale_model_input(model_in, t)
-                down, mid = self._control_residuals(controls, model_in, t, prompt, i, total)
+                down, mid = self._control_residuals(controls, model_in.to(self.dtype), t, prompt, i, total)
                 unet_in = model_in
                 if start.condition is not None:  # 9-channel inpainting UNet: mask and masked picture
                     unet_in = torch.cat([model_in, *start.condition], dim=1)
                 noise_pred = unet(
-                    unet_in,
+                    unet_in.to(self.dtype),
                     t,
                     encoder_hidden_states=prompt,
                     down_block_additional_residuals=down,
                     mid_block_additional_residual=mid,
                     return_dict=False,
-                )[0]
+                )[0].float()
                 if cfg:
                     uncond, text = noise_pred.chunk(2)
                     noise_pred = uncond + r.guidance * (text - uncond)
@@ -628,7 +629,9 @@ class Engine:
         from diffusers.utils.torch_utils import randn_tensor
 
         base = self._base
-        device, dtype = self.device, self.dtype
+        # Latents, noise and masks stay in fp32 whatever the models run in: the scheduler's sums
+        # then lose nothing, and bf16 / fp16 differ from fp32 only inside the networks.
+        device, dtype = self.device, torch.float32
         vae = base.vae
         n = r.num_images
         width, height = p.size
@@ -641,8 +644,8 @@ class Engine:
         image_proc = VaeImageProcessor(vae_scale_factor=base.vae_scale_factor)
 
         def encode(pixels: torch.Tensor) -> torch.Tensor:
-            dist = vae.encode(pixels.to(device, dtype)).latent_dist
-            return vae.config.scaling_factor * dist.sample(generator)
+            dist = vae.encode(pixels.to(device, vae.dtype)).latent_dist
+            return (vae.config.scaling_factor * dist.sample(generator)).to(dtype)
 
         nine_channel = base.is_inpainting
         if p.mask is None and not nine_channel:
