@@ -107,6 +107,8 @@ class Settings:
     annotators_dir: str = ""
     """Where the pose/depth preprocessor weights are; empty = ``annotators`` in the models folder."""
     device: str = "auto"
+    precision: str = "auto"
+    """"auto" (fp16 on GPUs, bf16 on CPUs with native bf16, else fp32), "fp32", "bf16" or "fp16"."""
     dialog_folders: dict[str, str] = field(default_factory=dict)
     """The folder each kind of file dialog showed last ("reference", "mask", "model file" …)."""
     last: LastValues = field(default_factory=LastValues)
