@@ -309,6 +309,11 @@ class LoraList(QWidget):
         row = self.rows.get(uid)
         if item is not None and row is not None:
             row.show_item(item)
+        self._update_count()
+
+    def _update_count(self) -> None:
+        on = sum(1 for item in self.state.loras if item.enabled)
+        self.count.setText(f"{on} on" if self.state.loras else "none")
 
     def _rebuild(self) -> None:
         items = {item.uid: item for item in self.state.loras}
@@ -328,5 +333,4 @@ class LoraList(QWidget):
             row.show_item(item)
         if self.fast.isVisible() and not any(p is self.fast.preset for p in self.presets.values()):
             self.fast.hide()  # its LoRA was removed
-        on = sum(1 for item in self.state.loras if item.enabled)
-        self.count.setText(f"{on} on" if self.state.loras else "none")
+        self._update_count()
