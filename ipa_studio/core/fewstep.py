@@ -48,7 +48,7 @@ from pathlib import Path
 
 from ipa_studio.core.request import GenerationRequest, SchedulerName
 
-__all__ = ["FastPreset", "apply_preset", "detect_fewstep", "fewstep_from"]
+__all__ = ["FastPreset", "apply_preset", "article", "detect_fewstep", "fewstep_from"]
 
 LCM_LORA_RANK = 64
 """The LCM distillation script's ``--lora_rank`` default, which the published LCM-LoRAs use."""
@@ -84,9 +84,16 @@ class FastPreset:
     def describe(self) -> str:
         maybe = "" if self.certain else "probably "
         return (
-            f"{maybe}a {self.kind} few-step LoRA (from {self.evidence}): "
+            f"{maybe}{article(self.kind)} {self.kind} few-step LoRA (from {self.evidence}): "
             f"{self.scheduler.upper()} sampler, {self.steps} steps, guidance {self.guidance:g}"
         )
+
+
+def article(word: str) -> str:
+    """ "an" before a vowel sound as the kinds are spoken ("an LCM", "a TCD", "a Lightning")."""
+    spelled = word.isupper() and len(word) <= 4  # an acronym read letter by letter: L = "el"
+    vowel_sound = word[:1].upper() in ("AEIOU" + ("FHLMNRSX" if spelled else ""))
+    return "an" if vowel_sound else "a"
 
 
 def _steps_in(text: str, default: int) -> int:

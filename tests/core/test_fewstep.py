@@ -50,7 +50,7 @@ def test_diffusers_reads_the_lcm_lora_fixture(lcm_file, tiny_sd15, unet):
 def test_lcm_layout_without_a_telling_name_is_probably_lcm(lcm_file):
     preset = detect_fewstep(lcm_file)
     assert preset == FastPreset("LCM", "lcm", 4, 1.0, "its layout, the published LCM-LoRA's", certain=False)
-    assert preset.describe().startswith("probably a LCM few-step LoRA")
+    assert preset.describe().startswith("probably an LCM few-step LoRA")
 
 
 def test_lcm_layout_with_another_rank_or_text_encoder_part_is_not_claimed(unet, tmp_path):

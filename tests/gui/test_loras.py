@@ -88,7 +88,7 @@ def test_lora_list_fast_preset_strengths_and_reuse(
     lcm = add_lora_file(qtbot, window, lora_files["lcm"], monkeypatch)
     assert lcm.kind.text().startswith("LCM few-step")
     qtbot.waitUntil(lora_list.fast.isVisible, timeout=2000)
-    assert "LCM sampler, 4 steps, guidance 1" in lora_list.fast.label.text()
+    assert "LCM sampler, 4 steps, guidance 1." in lora_list.fast.label.text()
     assert (state.scheduler, state.steps) != ("lcm", 4)
     click(qtbot, lora_list.fast.use)
     assert (state.scheduler, state.steps, state.guidance) == ("lcm", 4, 1.0)

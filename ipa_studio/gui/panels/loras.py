@@ -27,6 +27,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from ipa_studio.core.fewstep import article
 from ipa_studio.gui import dialogs
 from ipa_studio.gui.state import LIMITS, LoraItem, ViewState
 from ipa_studio.gui.widgets.elided import ElidedLabel
@@ -54,7 +55,10 @@ def describe_file(path: str) -> tuple[str, str, Any]:
         info = describe_lora(path)
     except (IPAStudioError, OSError) as exc:
         return "unreadable", str(exc), None
-    kind = f"{preset.kind} few-step · {info.base or 'SD'}" if preset else info.summary().split(" (")[0]
+    if preset is not None:
+        kind = f"{preset.kind} few-step LoRA" + (f" · {info.base}" if info.base else "")
+    else:
+        kind = info.summary().split(" (")[0]
     problem = "" if info.usable else (info.reason or "it cannot be used") + "."
     return kind, problem[0].upper() + problem[1:] if problem else "", preset
 
@@ -194,9 +198,12 @@ class FastStrip(QFrame):
         self.preset = preset
         maybe = "" if preset.certain else " (probably, from its layout)"
         self.label.setText(
-            f"<b>{name}</b> is a {preset.kind} few-step LoRA{maybe}. Its Fast preset: "
-            f"{preset.scheduler.upper()} sampler, {preset.steps} steps, guidance {preset.guidance:g}. "
-            "Other settings make over-cooked pictures with it."
+            f"<b>{name}</b> is {article(preset.kind)} {preset.kind} few-step LoRA{maybe}: "
+            f"{preset.scheduler.upper()} sampler, {preset.steps} steps, guidance {preset.guidance:g}."
+        )
+        self.setToolTip(
+            "A few-step LoRA makes a picture in a few steps only with the sampler and guidance it was "
+            "made for; with other settings (30 steps, guidance 7.5) its pictures come out over-cooked."
         )
         self.show()
 
