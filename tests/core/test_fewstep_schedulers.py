@@ -190,3 +190,28 @@ def test_metadata_names_the_sampler_as_a1111_does(ours, a1111):
     # A picture made elsewhere with that sampler (only A1111's text, no JSON of ours) maps back too.
     foreign = read_foreign_settings({"parameters": meta["parameters"]})
     assert foreign is not None and foreign.scheduler == ours and not foreign.notes
+
+
+@pytest.mark.parametrize(("scheduler", "label"), [("lcm", "LCM"), ("tcd", "TCD")])
+def test_cli_generates_with_a_few_step_sampler_and_precision(
+    scheduler, label, tiny_sd15, tiny_adapters, tiny_image_encoder, tmp_path
+):
+    import json
+
+    from ipa_studio.cli import main
+    from ipa_studio.core.images import read_png_metadata
+
+    ref = tmp_path / "ref.png"
+    make_reference_image(3, (70, 50)).save(ref)
+    out = tmp_path / "fast.png"
+    args = [
+        "generate", "--model", str(tiny_sd15),
+        "--adapter", str(tiny_adapters[("global", "safetensors")]),
+        "--image-encoder", str(tiny_image_encoder), "--ref", str(ref),
+        "--scheduler", scheduler, "--steps", "4", "--guidance", "1",
+        "--precision", "bf16", "--width", "64", "--height", "64", "--quiet", "--out", str(out),
+    ]  # fmt: skip
+    assert main(args) == 0
+    meta = read_png_metadata(out)
+    assert f"Steps: 4, Sampler: {label}, CFG scale: 1," in meta["parameters"]
+    assert json.loads(meta["ipa-studio"])["request"]["scheduler"] == scheduler
