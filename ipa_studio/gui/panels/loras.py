@@ -183,6 +183,7 @@ class FastStrip(QFrame):
         self.label.setWordWrap(True)
         self.use = QPushButton("Use Fast preset")
         self.use.setObjectName("useFast")
+        self.use.setToolTip("Set the sampler, steps and guidance this LoRA was made for")
         self.close = QToolButton()
         self.close.setText("✕")
         self.close.setAutoRaise(True)
