@@ -15,6 +15,7 @@ from ipa_studio.core.request import (
     GenerationRequest,
     HiresSpec,
     InitImage,
+    LoraSpec,
     MaskSpec,
     ModelSpec,
     NegativeImage,
@@ -87,6 +88,17 @@ def parse_view(text: str) -> EncoderView:
     return EncoderView("crop", (left, top, side))
 
 
+def _lora_argument(text: str) -> LoraSpec:
+    from ipa_studio.core.errors import RequestError
+    from ipa_studio.core.lora import parse_lora_argument
+
+    try:
+        path, strength, text_strength = parse_lora_argument(text)
+    except RequestError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return LoraSpec(Path(path), strength, text_strength)
+
+
 def _per_reference(values: list, count: int, flag: str, parser: argparse.ArgumentParser) -> list:
     """One value for every reference, one per reference, or none (the defaults)."""
     if len(values) in (0, count):
@@ -113,6 +125,24 @@ def add_request_arguments(g: argparse.ArgumentParser) -> None:
         help="image encoder (CLIP ViT-H/14): its folder, or the single file ComfyUI keeps "
         "(clip_vision/CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors); default: the 'image_encoder' folder "
         "beside the adapter (the official repository's layout), else the model library's matching encoder",
+    )
+    m.add_argument(
+        "--lora",
+        action="append",
+        default=[],
+        type=_lora_argument,
+        metavar="FILE[:STRENGTH[:TEXT_STRENGTH]]",
+        help="a LoRA (kohya/A1111, diffusers or PEFT layout), repeatable; STRENGTH (default 1) for the "
+        "UNet, TEXT_STRENGTH for the text encoder (default: the same)",
+    )
+    m.add_argument(
+        "--embedding",
+        action="append",
+        default=[],
+        type=Path,
+        metavar="FILE",
+        help="a textual-inversion embedding (A1111 .pt / .safetensors, diffusers learned_embeds), "
+        "repeatable; write its file name (without suffix) in --prompt or --negative to use it",
     )
     p = g.add_argument_group("prompts")
     p.add_argument(
@@ -310,15 +340,40 @@ def request_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser)
         controls=_controls(args, parser),
         negative_image=negative,
         hires=hires,
+        loras=tuple(args.lora),
+        embeddings=tuple(args.embedding),
     )
     from ipa_studio.core.prepare import check_request
 
     # Every number is checked before anything is looked up or loaded.
     check_request(request)
+    request = request.replace(loras=request.loras + _tagged_loras(request))
     if args.image_encoder is None and args.adapter is not None:
         encoder = find_image_encoder(args.adapter)
         request = request.replace(models=ModelSpec(args.model, args.adapter, encoder))
     return request
+
+
+def _tagged_loras(request: GenerationRequest) -> tuple[LoraSpec, ...]:
+    """LoRAs the prompt names A1111's way (``<lora:name:0.8>``) and no --lora gives, found by name
+    in the model library; the others are reported by the engine as left out."""
+    if "<lora:" not in request.prompt.lower() and "<lyco:" not in request.prompt.lower():
+        return ()
+    from ipa_studio.core.lora import prompt_lora_tags
+    from ipa_studio.core.models.library import ModelLibrary
+
+    given = {Path(str(spec.path)).stem.lower() for spec in request.loras}
+    tags = [t for t in prompt_lora_tags(request.prompt) if t.name.lower() not in given]
+    if not tags:
+        return ()
+    known = {e.name.lower(): e for e in ModelLibrary().entries("lora", usable_only=True)}
+    found = []
+    for tag in tags:
+        entry = known.get(tag.name.lower())
+        if entry is not None:
+            found.append(LoraSpec(entry.path, tag.strength, tag.text_strength))
+            given.add(tag.name.lower())
+    return tuple(found)
 
 
 def output_paths(out: Path, count: int) -> list[Path]:

@@ -33,6 +33,7 @@ from ipa_studio.core.devices import default_dtype, pick_device
 from ipa_studio.core.errors import Cancelled, RequestError
 from ipa_studio.core.image_prompt import ImagePrompt, PromptPart, in_window
 from ipa_studio.core.images import content_hash
+from ipa_studio.core.lora import AppliedLora, LoraPatcher, LoraWeights, read_lora
 from ipa_studio.core.models.loader import BaseModel, load_base_model, load_controlnet, load_image_encoder
 from ipa_studio.core.prepare import Prepared, PreparedReference, prepare
 from ipa_studio.core.prompts import encode_prompt, same_length
@@ -207,6 +208,13 @@ class Engine:
         self._previous_base: tuple[BaseModel, tuple] | None = None
         self._base_signature: tuple = ()
         self.reference_store = reference_store
+        # LoRA and embedding files read once (by path and on-disk signature): a change of strength
+        # or of the set applied reads nothing and never reloads the base model.
+        self._lora_files = _LRU(16)
+        self._embedding_files = _LRU(64)
+        self._patcher: LoraPatcher | None = None
+        self._embeddings: dict[str, torch.Tensor] = {}
+        self._embeddings_key: tuple = ()
 
     # ------------------------------------------------------------------ loading
     @property
@@ -225,6 +233,10 @@ class Engine:
         spec = request.models
         base_path = Path(spec.base)
         if self._base is None or self._base.path != base_path:
+            if self._patcher is not None:
+                # The model kept for a quick switch back is kept as the base model, without LoRAs.
+                self._patcher.restore()
+                self._patcher = None
             new_base, new_signature = self._take_base(base_path)
             old_base, old_signature = self._base, self._base_signature
             old_adapter = self._adapter
@@ -265,6 +277,73 @@ class Engine:
             if cpath not in self._controlnets:
                 self._controlnets[cpath] = load_controlnet(cpath, self.device, self.dtype)
                 self.stats.components_loaded.append(f"controlnet:{cpath}")
+
+        self._load_embeddings(request)
+        self._apply_loras(request)
+
+    # ------------------------------------------------------------------ LoRAs and embeddings
+    def _read_cached(self, cache: _LRU, kind: str, path: Path, read: Callable[[Path], Any]) -> Any:
+        def make() -> Any:
+            self.stats.components_loaded.append(f"{kind}:{path}")
+            return read(path)
+
+        return cache.get_or((str(path), _disk_signature(path)), make)
+
+    def _apply_loras(self, request: GenerationRequest) -> None:
+        """Make the request's enabled LoRAs the applied ones (see ``LoraPatcher``: merged into the
+        weights, originals kept, so removing them gives back the base model bit for bit)."""
+        base = self._base
+        applied = []
+        for spec in request.loras:
+            if not spec.enabled:
+                continue
+            weights: LoraWeights = self._read_cached(self._lora_files, "lora", Path(spec.path), read_lora)
+            text = spec.strength if spec.text_strength is None else spec.text_strength
+            applied.append(AppliedLora(weights, float(spec.strength), float(text)))
+        if self._patcher is None:
+            if not applied:
+                return
+            self._patcher = LoraPatcher(base.unet, base.text_encoder)
+        before = self._patcher.text_state
+        self._patcher.apply(applied)
+        if self._patcher.text_state != before:
+            self._text.clear()  # prompt encodings made through the old text-encoder weights
+
+    @property
+    def applied_loras(self) -> tuple[tuple[str, float, float], ...]:
+        """(file, strength, text strength) of the LoRAs applied now."""
+        return self._patcher.applied if self._patcher is not None else ()
+
+    def _load_embeddings(self, request: GenerationRequest) -> None:
+        """The request's textual inversions, by name (the file's stem), checked against the text
+        encoder's width."""
+        from ipa_studio.core.embeddings import read_embedding
+
+        width = int(self._base.text_encoder.config.hidden_size)
+        key = tuple((str(p), _disk_signature(Path(p))) for p in request.embeddings)
+        if key == self._embeddings_key:
+            return
+        table: dict[str, torch.Tensor] = {}
+        seen: dict[str, Path] = {}
+        for item in request.embeddings:
+            path = Path(item)
+            name = path.stem
+            if name.lower() in seen:
+                raise RequestError(
+                    f"Two embeddings are called '{name}' ({seen[name.lower()].name} and {path.name}): "
+                    "a prompt could not tell them apart. Rename one of the files."
+                )
+            seen[name.lower()] = path
+            vectors = self._read_cached(
+                self._embedding_files, "embedding", path, lambda p: read_embedding(p, width)
+            )
+            if vectors.shape[-1] != width:
+                raise RequestError(
+                    f"The embedding '{path.name}' has {vectors.shape[-1]}-wide vectors; this model's "
+                    f"text encoder takes {width}-wide ones."
+                )
+            table[name] = vectors.to(self.device, self.dtype)
+        self._embeddings, self._embeddings_key = table, key
 
     # ------------------------------------------------------------------ base-model memory policy
     # One previous base model is kept (an LRU of size 1), in CPU RAM, when it fits the budget:
@@ -332,12 +411,15 @@ class Engine:
         """[1, 77 × chunks, dim]: weights, long prompts and BREAK as in ``core/prompts.py``."""
         base = self._base
 
+        embeddings, which = self._embeddings, self._embeddings_key
+
         def make() -> torch.Tensor:
             self.stats.text_encoder_calls += 1
             with torch.no_grad():
-                return encode_prompt(base.tokenizer, base.text_encoder, text, self.device).to(self.dtype)
+                encoded = encode_prompt(base.tokenizer, base.text_encoder, text, self.device, embeddings)
+                return encoded.to(self.dtype)
 
-        return self._text.get_or(text, make)
+        return self._text.get_or((text, which), make)
 
     def _text_batch(self, r: GenerationRequest, n: int, cfg: bool) -> torch.Tensor:
         """The UNet's (and ControlNets') text input: negative rows first under guidance."""

@@ -38,7 +38,21 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["ForeignSettings", "parse_a1111_parameters", "read_foreign_settings"]
+__all__ = ["ForeignLora", "ForeignSettings", "parse_a1111_parameters", "read_foreign_settings"]
+
+
+@dataclass(frozen=True)
+class ForeignLora:
+    """A LoRA another program's picture names: A1111's ``<lora:name:te:unet>`` prompt tags (with its
+    ``Lora hashes`` field), ComfyUI's ``LoraLoader`` / ``LoraLoaderModelOnly`` nodes on the model's
+    path (``lora_name``, ``strength_model``, ``strength_clip``)."""
+
+    name: str
+    """The file name without its suffix (as A1111 writes it)."""
+    strength: float = 1.0
+    text_strength: float = 1.0
+    hash: str | None = None
+    """Lower-case hex as stored (A1111: 12 digits of its addnet hash)."""
 
 
 @dataclass(frozen=True)
@@ -64,6 +78,7 @@ class ForeignSettings:
     model_hash: str | None = None
     """Lower-case hex as stored: A1111's 10-digit short hash, or a full sha256."""
     notes: tuple[str, ...] = ()
+    loras: tuple[ForeignLora, ...] = ()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -187,6 +202,22 @@ def _hex(value: Any) -> str | None:
     return text if re.fullmatch(r"[0-9a-f]{8,64}", text) else None
 
 
+def _a1111_loras(prompt: str | None, hashes: Any) -> tuple[ForeignLora, ...]:
+    """The prompt's ``<lora:…>`` tags, each with its hash from ``Lora hashes: "name: hash, …"``."""
+    from ipa_studio.core.prompts import prompt_lora_tags
+
+    known: dict[str, str] = {}
+    if isinstance(hashes, str):
+        for pair in hashes.split(","):
+            name, sep, value = pair.rpartition(":")
+            if sep and name.strip():
+                known[name.strip().lower()] = value.strip().lower()
+    return tuple(
+        ForeignLora(t.name, t.strength, t.text_strength, _hex(known.get(t.name.lower())))
+        for t in prompt_lora_tags(prompt or "")
+    )
+
+
 def _from_a1111(text: str) -> ForeignSettings | None:
     prompt, negative, s = parse_a1111_parameters(text)
     if not s:
@@ -210,6 +241,7 @@ def _from_a1111(text: str) -> ForeignSettings | None:
         model_hash = _hex(hashes.get("model"))
     return ForeignSettings(
         source="AUTOMATIC1111",
+        loras=_a1111_loras(prompt, s.get("Lora hashes")),
         prompt=prompt,
         negative_prompt=negative,
         seed=_int(s.get("Seed")),
@@ -285,6 +317,24 @@ class _ApiGraph:
         text = self.value(node, "text")
         return text if isinstance(text, str) else None
 
+    def loras(self, link: Any) -> tuple[ForeignLora, ...]:
+        """The LoRA loaders on the model's path from the sampler to the checkpoint, nearest the
+        checkpoint first (the order they are applied in)."""
+        out: list[ForeignLora] = []
+        node, depth = self.node(link), 0
+        while node is not None and depth < 32:
+            kind = node.get("class_type")
+            if kind in ("LoraLoader", "LoraLoaderModelOnly"):
+                name = self.value(node, "lora_name")
+                unet = _float(self.value(node, "strength_model"))
+                text = _float(self.value(node, "strength_clip")) if kind == "LoraLoader" else 0.0
+                if isinstance(name, str):
+                    out.append(
+                        ForeignLora(_stem(name), 1.0 if unet is None else unet, 1.0 if text is None else text)
+                    )
+            node, depth = self.node(self.inputs(node).get("model")), depth + 1
+        return tuple(reversed(out))
+
     def sampler(self) -> Mapping[str, Any] | None:
         samplers = [n for n in self.nodes.values() if n.get("class_type") in _SAMPLER_NODES]
         # With a second pass (hires fix) the first stage is the one that starts from an empty latent.
@@ -309,6 +359,7 @@ def _from_comfy_prompt(graph: _ApiGraph) -> ForeignSettings | None:
     ckpt = graph.value(model, "ckpt_name") if model is not None else None
     return ForeignSettings(
         source="ComfyUI",
+        loras=graph.loras(inputs.get("model")),
         prompt=graph.text(inputs.get("positive")),
         negative_prompt=graph.text(inputs.get("negative")),
         seed=_int(seed),
@@ -339,6 +390,8 @@ _WIDGETS = {
     "CLIPTextEncode": ("text",),
     "EmptyLatentImage": ("width", "height", "batch_size"),
     "CheckpointLoaderSimple": ("ckpt_name",),
+    "LoraLoader": ("lora_name", "strength_model", "strength_clip"),
+    "LoraLoaderModelOnly": ("lora_name", "strength_model"),
 }
 
 

@@ -38,8 +38,15 @@ class ModelHashes:
     adapter: str | None = None
     loras: tuple[tuple[str, str], ...] = ()
     """(name as written in the prompt, sha256 of its file), in prompt order: written as Civitai's
-    ``"lora:NAME"`` entries of ``Hashes``. (A1111's own ``Lora hashes`` field uses a hash of the
-    safetensors data without its header, which would need computing separately.)"""
+    ``"lora:NAME"`` entries of ``Hashes``."""
+    lora_a1111: tuple[tuple[str, str], ...] = ()
+    """(name, A1111's LoRA hash): for ``.safetensors`` the sha256 of the file after its header (the
+    "addnet" hash, A1111 ``modules/hashes.py`` ``addnet_hash_safetensors``, which its Lora extension
+    uses so that editing the metadata keeps the hash), else the file's sha256. Written, 12 digits
+    long, in A1111's ``Lora hashes`` field."""
+    embeddings: tuple[tuple[str, str], ...] = ()
+    """(name, sha256) of the textual inversions: A1111's ``TI hashes`` (12 digits) and Civitai's
+    ``"embed:NAME"``."""
 
 
 def default_cache_path() -> Path:
@@ -115,6 +122,31 @@ class HashCache:
             self._save()
         return digest
 
+    def a1111_lora_hash(self, path: str | os.PathLike[str]) -> str | None:
+        """A1111's hash of a LoRA file (see ``ModelHashes.lora_a1111``), cached like ``sha256``."""
+        p = Path(path).expanduser()
+        if p.suffix.lower() != ".safetensors":
+            return self.sha256(p)
+        try:
+            key = str(p.resolve()) + "#addnet"
+            signature = _signature(p)
+        except OSError:
+            return None
+        with self._lock:
+            entry = self._load().get(key)
+            if isinstance(entry, dict) and entry.get("signature") == signature:
+                value = entry.get("sha256")
+                if isinstance(value, str):
+                    return value
+        try:
+            digest = addnet_hash(p)
+        except (OSError, ValueError):
+            return None
+        with self._lock:
+            self._load()[key] = {"signature": signature, "sha256": digest}
+            self._save()
+        return digest
+
     def known(self, paths: Iterable[str | os.PathLike[str]]) -> dict[str, str]:
         """Hashes already in the cache for ``paths`` (still current), without hashing anything."""
         out: dict[str, str] = {}
@@ -129,6 +161,21 @@ class HashCache:
         return out
 
 
+def addnet_hash(path: Path) -> str:
+    """sha256 of a ``.safetensors`` file's data after its header (8-byte length, then the header)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        length = int.from_bytes(f.read(8), "little")
+        if length <= 0 or length > path.stat().st_size:
+            raise ValueError("not a safetensors file")
+        f.seek(8 + length)
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 _default: HashCache | None = None
 
 
@@ -139,10 +186,29 @@ def default_cache() -> HashCache:
     return _default
 
 
-def model_hashes(base: str | os.PathLike[str], adapter: str | os.PathLike[str] | None) -> ModelHashes:
-    """Hashes of a request's base model and adapter, from the cache or computed (and cached)."""
+def model_hashes(
+    base: str | os.PathLike[str],
+    adapter: str | os.PathLike[str] | None,
+    loras: Iterable[str | os.PathLike[str]] = (),
+    embeddings: Iterable[str | os.PathLike[str]] = (),
+) -> ModelHashes:
+    """Hashes of a request's base model, adapter, LoRA and embedding files, from the cache or
+    computed (and cached). Names are the files' stems, as prompts and A1111 write them."""
     cache = default_cache()
+
+    def named(paths: Iterable[str | os.PathLike[str]], hash_of) -> tuple[tuple[str, str], ...]:
+        out = []
+        for path in paths:
+            digest = hash_of(path)
+            if digest is not None:
+                out.append((Path(path).stem, digest))
+        return tuple(out)
+
+    loras = list(loras)
     return ModelHashes(
         base=cache.sha256(base),
         adapter=cache.sha256(adapter) if adapter is not None else None,
+        loras=named(loras, cache.sha256),
+        lora_a1111=named(loras, cache.a1111_lora_hash),
+        embeddings=named(embeddings, cache.sha256),
     )

@@ -36,6 +36,9 @@ import torch
 
 from ipa_studio.core.errors import ModelFileError, RequestError
 
+# The tag reader lives in the torch-free prompt code (picture import uses it without torch).
+from ipa_studio.core.prompts import PromptTag, prompt_lora_tags  # noqa: F401
+
 UNET, TEXT = "unet", "text_encoder"
 SD15_TEXT_WIDTH = 768
 _FAMILIES = {768: "SD1.x", 1024: "SD2.x", 2048: "SDXL"}
@@ -112,12 +115,17 @@ class LoraLayer:
     def rank(self) -> int:
         return int(self.down.shape[0])
 
-    def delta(self, shape: torch.Size) -> torch.Tensor:
-        """``(alpha / r) · up @ down`` shaped like the layer's weight (float32)."""
-        down = self.down.float().flatten(1)
-        up = self.up.float().flatten(1)
-        scale = (self.alpha if self.alpha is not None else self.rank) / self.rank
-        return (up @ down).mul_(scale).reshape(shape)
+    @property
+    def scale(self) -> float:
+        """``alpha / r`` (kohya's and PEFT's scaling; no alpha means alpha = r)."""
+        return (self.alpha if self.alpha is not None else self.rank) / self.rank
+
+    def add_to_(self, weight: torch.Tensor, strength: float) -> None:
+        """``weight += strength · (alpha / r) · up @ down`` in place; ``weight`` is float32, flattened
+        to [out, in · kh · kw]. One fused multiply-add: no delta the size of the layer is made."""
+        down = self.down.to(weight.device, torch.float32).flatten(1)
+        up = self.up.to(weight.device, torch.float32).flatten(1)
+        weight.addmm_(up, down, alpha=strength * self.scale)
 
 
 @dataclass
@@ -414,25 +422,34 @@ class LoraPatcher:
             return False
         for a in loras:
             self.check(a.weights)
-        deltas: dict[tuple[str, str], torch.Tensor] = {}
+        # Per layer, every LoRA that changes it with its strength, so each layer is made once.
+        plan: dict[tuple[str, str], list[tuple[LoraLayer, float]]] = {}
+        for a in loras:
+            for part, layers in a.weights.parts.items():
+                strength = a.strength if part == UNET else a.text_strength
+                if strength == 0:
+                    continue
+                for flat, layer in layers.items():
+                    plan.setdefault((part, flat), []).append((layer, strength))
         with torch.no_grad():
-            for a in loras:
-                for part, layers in a.weights.parts.items():
-                    strength = a.strength if part == UNET else a.text_strength
-                    if strength == 0:
-                        continue
-                    for flat, layer in layers.items():
-                        weight = self._tables[part][flat].weight
-                        d = layer.delta(weight.shape).to(weight.device).mul_(strength)
-                        k = (part, flat)
-                        deltas[k] = deltas[k].add_(d) if k in deltas else d
+            # The merged tensors of the previous set are written over (fp32 ones), not re-allocated:
+            # a change of strength then costs the arithmetic, not gigabytes of fresh memory.
+            spare = {k: param.data for k, (param, _) in self._originals.items()}
             self.restore()
-            for (part, flat), d in deltas.items():
+            for (part, flat), changes in plan.items():
                 param = self._tables[part][flat].weight
                 original = param.data
+                buffer = spare.pop((part, flat), None)
+                if buffer is not None and buffer.dtype == torch.float32 and buffer.shape == original.shape:
+                    merged = buffer.copy_(original).flatten(1)
+                else:
+                    merged = original.to(torch.float32, copy=True).flatten(1)
+                for layer, strength in changes:
+                    layer.add_to_(merged, strength)
                 self._originals[(part, flat)] = (param, original)
                 # A new tensor, the original kept untouched: restoring is putting it back.
-                param.data = (original.float() + d).to(original.dtype)
+                param.data = merged.reshape(original.shape).to(original.dtype)
+            del spare
         self.applied = key
         self.text_state = tuple(
             (str(a.weights.path), a.text_strength)
@@ -448,6 +465,9 @@ class LoraPatcher:
         self._originals.clear()
         self.applied = ()
         self.text_state = ()
+
+
+# ------------------------------------------------------------------------------------------ prompt tags
 
 
 # ------------------------------------------------------------------------------------------ CLI text

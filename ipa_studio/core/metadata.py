@@ -51,6 +51,7 @@ from ipa_studio.core.request import (
     HiresSpec,
     ImageSource,
     InitImage,
+    LoraSpec,
     MaskSpec,
     ModelSpec,
     NegativeImage,
@@ -114,7 +115,12 @@ def request_to_metadata(
     if hashes is None:
         from ipa_studio.core.hashes import model_hashes
 
-        hashes = model_hashes(request.models.base, request.models.adapter)
+        hashes = model_hashes(
+            request.models.base,
+            request.models.adapter,
+            [spec.path for spec in request.loras if spec.enabled],
+            request.embeddings,
+        )
     document = {
         "format": "ipa-studio",
         "version": FORMAT_VERSION,
@@ -153,8 +159,30 @@ def _encode(value: Any) -> Any:
     return value
 
 
+def lora_tags(request: GenerationRequest) -> str:
+    """The request's enabled LoRAs as A1111 writes them in its prompt: ``<lora:name:w>``, or
+    ``<lora:name:te:unet>`` when the text strength differs (A1111's built-in Lora extension,
+    ``extensions-builtin/Lora/networks.py``: the first number is the text-encoder multiplier, the
+    second the UNet's, which defaults to the first)."""
+    from ipa_studio.core.lora import prompt_lora_tags
+
+    written = {tag.name.lower() for tag in prompt_lora_tags(request.prompt)}
+    tags = []
+    for spec in request.loras:
+        name = _model_name(spec.path)
+        if not spec.enabled or name.lower() in written:
+            continue  # a LoRA the prompt already names with its own tag keeps that tag
+        text = spec.strength if spec.text_strength is None else spec.text_strength
+        if text == spec.strength:
+            tags.append(f"<lora:{name}:{_num(spec.strength)}>")
+        else:
+            tags.append(f"<lora:{name}:{_num(text)}:{_num(spec.strength)}>")
+    return " ".join(tags)
+
+
 def _parameters_text(request: GenerationRequest, extra: Mapping[str, Any], hashes: ModelHashes) -> str:
-    lines = [request.prompt]
+    tags = lora_tags(request)
+    lines = [f"{request.prompt} {tags}".strip() if tags else request.prompt]
     if request.negative_prompt:
         lines.append(f"Negative prompt: {request.negative_prompt}")
     models = request.models
@@ -197,6 +225,11 @@ def _parameters_text(request: GenerationRequest, extra: Mapping[str, Any], hashe
         fields.append((f"ControlNet {i}", described))
     if request.num_images != 1:
         fields.append(("Batch size", request.num_images))
+    if hashes.lora_a1111:
+        # A1111's own fields: "name: hash" pairs, 12 digits, joined by ", " inside one quoted value.
+        fields.append(("Lora hashes", ", ".join(f"{n}: {h[:12]}" for n, h in hashes.lora_a1111)))
+    if hashes.embeddings:
+        fields.append(("TI hashes", ", ".join(f"{n}: {h[:12]}" for n, h in hashes.embeddings)))
     fields.extend(_image_prompt_fields(request))
     fields.extend((str(k), v) for k, v in extra.items())
     fields.append(("Version", f"ipa-studio {__version__}"))
@@ -216,6 +249,8 @@ def _site_hashes(hashes: ModelHashes) -> dict[str, str]:
         out["model"] = short_hash(hashes.base)
     for name, h in hashes.loras:
         out[f"lora:{name}"] = short_hash(h)
+    for name, h in hashes.embeddings:
+        out[f"embed:{name}"] = short_hash(h)
     return out
 
 
@@ -403,6 +438,11 @@ class _Reader:
             "scale": _scale,
             "scheduler": _scheduler,
             "hires": lambda v: None if v is None else self._build(HiresSpec, v, {}),
+            "loras": lambda v: tuple(
+                self._build(LoraSpec, item, {"path": _path, "text_strength": _opt_number})
+                for item in self._list(v, "loras")
+            ),
+            "embeddings": lambda v: tuple(_path(item) for item in self._list(v, "embeddings")),
         }
         decided = {
             "references": tuple(references),
@@ -528,6 +568,14 @@ def _box(value: Any) -> tuple[int, int, int] | None:
     ):
         raise TypeError(f"a crop square must be three whole numbers, not {value!r}")
     return (value[0], value[1], value[2])
+
+
+def _opt_number(value: Any) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"a strength must be a number, not {value!r}")
+    return float(value)
 
 
 def _opt_path(value: Any) -> str | None:

@@ -39,6 +39,7 @@ MAX_SEED = 2**64 - 1  # what torch.Generator.manual_seed accepts
 MAX_MASK_PADDING = 4096
 MAX_MASK_BLUR = 256
 MAX_HIRES_SCALE = 4.0
+MAX_LORA_STRENGTH = 10.0  # either sign: negative strengths remove a LoRA's effect (A1111 allows them)
 
 
 @dataclass(frozen=True)
@@ -184,6 +185,42 @@ def check_request(r: GenerationRequest) -> None:
         _number(c.end, f"The end of control {i}", 0.0, 1.0)
         if not c.start < c.end:
             raise RequestError(f"Control {i}'s start must be below its end, both between 0 and 1.")
+    check_loras(r)
+
+
+def lora_tag_notices(r: GenerationRequest) -> list[str]:
+    """A prompt's ``<lora:name:w>`` tags (A1111's way of choosing LoRAs) whose LoRA is not in the
+    request's list: said, since their text is left out of the prompt and no file is applied."""
+    if "<" not in r.prompt + r.negative_prompt:
+        return []
+    from pathlib import Path
+
+    from ipa_studio.core.lora import prompt_lora_tags
+
+    listed = {Path(str(spec.path)).stem.lower() for spec in r.loras if spec.enabled}
+    out = []
+    for tag in prompt_lora_tags(r.prompt) + prompt_lora_tags(r.negative_prompt):
+        if tag.name.lower() not in listed:
+            out.append(
+                f"The prompt names the LoRA '{tag.name}' ({tag.text}), which is not in the LoRA list: "
+                "the tag was left out of the prompt. Add the LoRA file to use it."
+            )
+    return out
+
+
+def check_loras(r: GenerationRequest) -> None:
+    """LoRA strengths and embedding names; the files themselves are judged when they are read."""
+    from pathlib import Path
+
+    limit = MAX_LORA_STRENGTH
+    for spec in r.loras:
+        name = Path(str(spec.path)).name
+        _number(spec.strength, f"The strength of the LoRA '{name}'", -limit, limit)
+        if spec.text_strength is not None:
+            _number(spec.text_strength, f"The text strength of the LoRA '{name}'", -limit, limit)
+    for item in r.embeddings:
+        if not Path(str(item)).stem.strip():
+            raise RequestError(f"The embedding file '{item}' has no name a prompt could use.")
 
 
 def check_image_prompt(r: GenerationRequest) -> None:
@@ -248,6 +285,7 @@ def prepare(r: GenerationRequest) -> Prepared:
             notices.append(notice)
         mask = Mask(mask_image, _resized(mask_image, size, Image.Resampling.BILINEAR))
     controls = tuple(load_image(c.image, what="control image") for c in r.controls)
+    notices.extend(lora_tag_notices(r))
     references = []
     for i, (ref, picture) in enumerate(zip(used, pictures, strict=True), 1):
         region = None

@@ -31,15 +31,27 @@ An unweighted prompt of at most 75 tokens becomes exactly the ids ``tokenizer(te
 padding="max_length", truncation=True)`` gives and is encoded by the same single call, so it is
 bit-identical to diffusers' own encoding.
 
-Everything works through the model's own ``tokenizer`` and ``text_encoder``, so tokens added to them
-(textual inversion: new rows in the embedding matrix and the tokenizer) are used like any other word.
+Textual-inversion embeddings (A1111 ``modules/sd_hijack.py`` ``EmbeddingsWithFixes``)
+    An embedding's name written as a word (``easynegative``, case ignored) or ComfyUI's
+    ``embedding:easynegative`` stands for its vectors: it takes as many token places as it has
+    vectors, their ids are a placeholder, and the text encoder's token-embedding output at those
+    places is replaced by the vectors. The tokenizer and the embedding matrix are never changed, so
+    taking an embedding away leaves the model as it was. An embedding never straddles two chunks: one
+    that does not fit in what is left of a chunk starts the next, as in A1111.
+
+Extra-network tags (A1111 ``modules/extra_networks.py``)
+    ``<lora:name:0.8>`` (and ``<lyco:…>``, ``<hypernet:…>``) in a prompt name a network, not words:
+    they are taken out of the text before it is tokenized, as A1111 does. The LoRAs themselves come
+    from the request's LoRA list (``core/lora.py`` ``prompt_lora_tags`` reads the tags).
+
+Everything else works through the model's own ``tokenizer`` and ``text_encoder``.
 """
 
 from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -209,6 +221,9 @@ class PromptChunks:
     token_count: int
     """Tokens of the prompt itself (no BOS / EOS / padding)."""
     chunk_length: int = 75
+    inserts: tuple[tuple[tuple[int, str, int], ...], ...] = ()
+    """Per chunk, the embedding vectors to put in: (place in the chunk, embedding name, vector
+    index). Empty when the prompt uses no embedding."""
 
     @property
     def chunk_count(self) -> int:
@@ -231,15 +246,100 @@ class PromptChunks:
         return text
 
 
-def tokenize_prompt(tokenizer: Any, text: str, *, comma_backtrack: int = COMMA_BACKTRACK) -> PromptChunks:
-    """Parse ``text`` and cut its tokens into chunks, following A1111's ``tokenize_line``."""
-    fragments = parse_prompt(text)
+NETWORK_TAG = re.compile(r"<(lora|lyco|hypernet):([^:<>]+)((?::[^:<>]*)*)>", re.IGNORECASE)
+"""An A1111 extra-network tag: kind, name, and the ``:number`` parts."""
+
+
+def strip_network_tags(text: str) -> str:
+    """The prompt without its ``<lora:…>`` tags (what the text encoder sees)."""
+    return NETWORK_TAG.sub("", text) if "<" in text else text
+
+
+@dataclass(frozen=True)
+class PromptTag:
+    """``<lora:name:te:unet>`` as A1111's Lora extension reads it (``extensions-builtin/Lora/
+    networks.py``): the first number is the text-encoder strength, the second the UNet's (default:
+    the first), both 1 when absent; ``te=`` / ``unet=`` name them."""
+
+    name: str
+    strength: float
+    text_strength: float
+    text: str
+
+
+def prompt_lora_tags(text: str) -> list[PromptTag]:
+    """The ``<lora:…>`` / ``<lyco:…>`` tags of a prompt, in order; a tag whose numbers cannot be read
+    is skipped (its text still never reaches the text encoder)."""
+    out = []
+    for m in NETWORK_TAG.finditer(text):
+        if m.group(1).lower() == "hypernet":
+            continue
+        positional: list[float] = []
+        named: dict[str, float] = {}
+        try:
+            for part in [p for p in m.group(3).split(":") if p.strip()]:
+                key, eq, value = part.partition("=")
+                if eq:
+                    named[key.strip().lower()] = float(value)
+                else:
+                    positional.append(float(part))
+        except ValueError:
+            continue
+        te = named.get("te", positional[0] if positional else 1.0)
+        unet = named.get("unet", positional[1] if len(positional) > 1 else te)
+        out.append(PromptTag(m.group(2).strip(), unet, te, m.group(0)))
+    return out
+
+
+EMBEDDING_PLACEHOLDER = 0
+"""The id written where an embedding's vectors go (the vectors replace its embedding row)."""
+
+
+def _embedding_pattern(names: Mapping[str, int]) -> re.Pattern[str]:
+    # Longest names first, so "bad-hands-5" wins over "bad"; a name is a whole word (not part of a
+    # longer word or hyphenated name), optionally written ComfyUI's way.
+    alternatives = "|".join(re.escape(n) for n in sorted(names, key=len, reverse=True))
+    return re.compile(rf"(?<![\w\-:])(?:embedding:)?({alternatives})(?![\w\-])", re.IGNORECASE)
+
+
+def _split_embeddings(
+    text: str, pattern: re.Pattern[str] | None, lower: Mapping[str, str]
+) -> list[tuple[bool, str]]:
+    """``text`` as (is_embedding, text or name) runs."""
+    if pattern is None:
+        return [(False, text)]
+    out: list[tuple[bool, str]] = []
+    at = 0
+    for m in pattern.finditer(text):
+        out.append((False, text[at : m.start()]))
+        out.append((True, lower[m.group(1).lower()]))
+        at = m.end()
+    out.append((False, text[at:]))
+    return out
+
+
+def tokenize_prompt(
+    tokenizer: Any,
+    text: str,
+    *,
+    comma_backtrack: int = COMMA_BACKTRACK,
+    embeddings: Mapping[str, int] | None = None,
+) -> PromptChunks:
+    """Parse ``text`` and cut its tokens into chunks, following A1111's ``tokenize_line``.
+
+    ``embeddings``: {name: number of vectors} of the textual inversions the prompt may use by name.
+    """
+    fragments = parse_prompt(strip_network_tags(text))
+    lower = {name.lower(): name for name in embeddings or {}}
+    pattern = _embedding_pattern(embeddings) if embeddings else None
     chunk_length = int(tokenizer.model_max_length) - 2
     bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
     comma = tokenizer.convert_tokens_to_ids(",</w>")
-    texts = [f.text for f in fragments if not f.is_break]
-    # Each run is tokenized on its own, as A1111 does: a weight boundary is a word boundary.
+    runs = {i: _split_embeddings(f.text, pattern, lower) for i, f in enumerate(fragments) if not f.is_break}
+    texts = [piece for pieces in runs.values() for is_embedding, piece in pieces if not is_embedding]
+    # Each run is tokenized on its own, as A1111 does: a weight boundary is a word boundary (and so
+    # is an embedding's name: CLIP's tokenizer splits at word boundaries anyway).
     tokenized = iter(
         tokenizer(texts, add_special_tokens=False, truncation=False, verbose=False)["input_ids"]
         if texts
@@ -248,46 +348,73 @@ def tokenize_prompt(tokenizer: Any, text: str, *, comma_backtrack: int = COMMA_B
 
     chunks_ids: list[tuple[int, ...]] = []
     chunks_weights: list[tuple[float, ...]] = []
+    chunks_inserts: list[tuple[tuple[int, str, int], ...]] = []
     ids: list[int] = []
     weights: list[float] = []
+    tags: list[tuple[str, int] | None] = []  # per token: (embedding, vector index) or None
     last_comma = -1
     count = 0
 
     def close_chunk() -> None:
-        nonlocal ids, weights, last_comma
+        nonlocal ids, weights, tags, last_comma
         filler = chunk_length - len(ids)
         # BOS, the tokens, EOS, then padding: the layout tokenizer(padding="max_length") makes.
         row = [bos, *ids, eos] + [pad] * filler
         chunks_ids.append(tuple(row))
         chunks_weights.append(tuple([1.0, *weights, 1.0] + [1.0] * filler))
-        ids, weights, last_comma = [], [], -1
+        chunks_inserts.append(tuple((i + 1, *tag) for i, tag in enumerate(tags) if tag is not None))
+        ids, weights, tags, last_comma = [], [], [], -1
 
-    for fragment in fragments:
+    def add_embedding(name: str, weight: float) -> None:
+        nonlocal count
+        vectors = int(embeddings[name])  # type: ignore[index]
+        if vectors > chunk_length:
+            from ipa_studio.core.errors import RequestError
+
+            raise RequestError(
+                f"The embedding '{name}' has {vectors} vectors; at most {chunk_length} fit in the text "
+                "encoder's window."
+            )
+        if len(ids) + vectors > chunk_length:
+            close_chunk()
+        for k in range(vectors):
+            ids.append(EMBEDDING_PLACEHOLDER)
+            weights.append(weight)
+            tags.append((name, k))
+        count += vectors
+
+    for index, fragment in enumerate(fragments):
         if fragment.is_break:
             close_chunk()
             continue
-        for token in next(tokenized):
-            if token == comma:
-                last_comma = len(ids)
-            elif (
-                comma_backtrack
-                and len(ids) == chunk_length
-                and last_comma != -1
-                and len(ids) - last_comma <= comma_backtrack
-            ):
-                cut = last_comma + 1
-                moved_ids, moved_weights = ids[cut:], weights[cut:]
-                ids, weights = ids[:cut], weights[:cut]
-                close_chunk()
-                ids, weights = moved_ids, moved_weights
-            if len(ids) == chunk_length:
-                close_chunk()
-            ids.append(token)
-            weights.append(fragment.weight)
-            count += 1
+        for is_embedding, piece in runs[index]:
+            if is_embedding:
+                add_embedding(piece, fragment.weight)
+                continue
+            for token in next(tokenized):
+                if token == comma:
+                    last_comma = len(ids)
+                elif (
+                    comma_backtrack
+                    and len(ids) == chunk_length
+                    and last_comma != -1
+                    and len(ids) - last_comma <= comma_backtrack
+                ):
+                    cut = last_comma + 1
+                    moved = ids[cut:], weights[cut:], tags[cut:]
+                    ids, weights, tags = ids[:cut], weights[:cut], tags[:cut]
+                    close_chunk()
+                    ids, weights, tags = (list(m) for m in moved)
+                if len(ids) == chunk_length:
+                    close_chunk()
+                ids.append(token)
+                weights.append(fragment.weight)
+                tags.append(None)
+                count += 1
     if ids or not chunks_ids:
         close_chunk()
-    return PromptChunks(tuple(chunks_ids), tuple(chunks_weights), count, chunk_length)
+    inserts = tuple(chunks_inserts) if any(chunks_inserts) else ()
+    return PromptChunks(tuple(chunks_ids), tuple(chunks_weights), count, chunk_length, inserts)
 
 
 def load_bundled_tokenizer() -> Any:
@@ -312,8 +439,32 @@ def apply_weights(hidden: Any, weights: Any) -> Any:
     return hidden * (original_mean / hidden.mean())
 
 
-def encode_chunks(text_encoder: Any, chunks: PromptChunks, device: Any) -> Any:
-    """[1, 77 × chunks, dim]: each chunk through the text encoder on its own, weighted, side by side."""
+def _encode_ids(text_encoder: Any, ids: Any, inserts: tuple, vectors: Mapping[str, Any] | None) -> Any:
+    """One chunk through the text encoder; embedding vectors put in place of their placeholders."""
+    if not inserts:
+        return text_encoder(ids)[0]
+    if vectors is None:
+        raise ValueError("the prompt uses embeddings but no vectors were given")
+
+    def put_vectors(_module: Any, _args: Any, output: Any) -> Any:
+        output = output.clone()
+        for place, name, k in inserts:
+            output[:, place] = vectors[name][k].to(output.device, output.dtype)
+        return output
+
+    handle = text_encoder.get_input_embeddings().register_forward_hook(put_vectors)
+    try:
+        return text_encoder(ids)[0]
+    finally:
+        handle.remove()
+
+
+def encode_chunks(
+    text_encoder: Any, chunks: PromptChunks, device: Any, vectors: Mapping[str, Any] | None = None
+) -> Any:
+    """[1, 77 × chunks, dim]: each chunk through the text encoder on its own, weighted, side by side.
+
+    ``vectors``: {embedding name: [n, dim]} for the embeddings the chunks use."""
     import torch
 
     if chunks.chunk_count > MAX_CHUNKS:
@@ -325,17 +476,28 @@ def encode_chunks(text_encoder: Any, chunks: PromptChunks, device: Any) -> Any:
             f"{MAX_CHUNKS * chunks.chunk_length} tokens). Shorten it."
         )
     out = []
-    for ids, weights in zip(chunks.ids, chunks.weights, strict=True):
-        hidden = text_encoder(torch.tensor([ids], device=device))[0]
+    inserts = chunks.inserts or ((),) * chunks.chunk_count
+    for ids, weights, put in zip(chunks.ids, chunks.weights, inserts, strict=True):
+        hidden = _encode_ids(text_encoder, torch.tensor([ids], device=device), put, vectors)
         if any(w != 1.0 for w in weights):
             hidden = apply_weights(hidden, torch.tensor(weights, device=hidden.device, dtype=hidden.dtype))
         out.append(hidden)
     return out[0] if len(out) == 1 else torch.cat(out, dim=1)
 
 
-def encode_prompt(tokenizer: Any, text_encoder: Any, text: str, device: Any) -> Any:
-    """``text`` → [1, 77 × chunks, dim] text-encoder hidden states, weights applied."""
-    return encode_chunks(text_encoder, tokenize_prompt(tokenizer, text), device)
+def encode_prompt(
+    tokenizer: Any,
+    text_encoder: Any,
+    text: str,
+    device: Any,
+    embeddings: Mapping[str, Any] | None = None,
+) -> Any:
+    """``text`` → [1, 77 × chunks, dim] text-encoder hidden states, weights applied.
+
+    ``embeddings``: {name: vectors [n, dim]} of the textual inversions the prompt may use by name."""
+    counts = {name: int(v.shape[0]) for name, v in (embeddings or {}).items()}
+    chunks = tokenize_prompt(tokenizer, text, embeddings=counts or None)
+    return encode_chunks(text_encoder, chunks, device, embeddings)
 
 
 def same_length(

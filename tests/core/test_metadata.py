@@ -24,6 +24,7 @@ from ipa_studio.core.request import (
     GenerationRequest,
     HiresSpec,
     InitImage,
+    LoraSpec,
     MaskSpec,
     ModelSpec,
     NegativeImage,
@@ -70,6 +71,11 @@ def full_request() -> GenerationRequest:
         ),
         negative_image=NegativeImage("negative.png", noise=0.25),
         hires=HiresSpec(scale=1.5, strength=0.4, steps=12, upscaler="4x-model"),
+        loras=(
+            LoraSpec("loras/detail, tweaker.safetensors", 0.8, 0.4, enabled=False),
+            LoraSpec("loras/style.pt", -0.5, 1.5, enabled=False),
+        ),
+        embeddings=("embeddings/easynegative.safetensors", "embeddings/bad-hands-5.pt"),
     )
 
 

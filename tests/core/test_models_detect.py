@@ -184,6 +184,7 @@ def test_weights_of_something_else_are_not_a_diffusion_model(tmp_path: Path) -> 
 @pytest.mark.parametrize(
     "keys, kind",
     [
+        # Half a LoRA layer (no up weight): a damaged LoRA, named as one.
         ({"lora_unet_down_blocks_0_attentions_0_proj_in.lora_down.weight": (4, 320)}, "lora"),
         (
             {
@@ -192,7 +193,7 @@ def test_weights_of_something_else_are_not_a_diffusion_model(tmp_path: Path) -> 
             },
             "vae",
         ),
-        ({"emb_params": (4, 768)}, "embedding"),
+        ({"emb_params": (4, 1024)}, "embedding"),  # an SD2 embedding
         ({"control_model.input_hint_block.0.weight": (16, 3, 3, 3)}, "controlnet"),
     ],
 )

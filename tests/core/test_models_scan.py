@@ -123,11 +123,11 @@ def test_comfyui_install_is_listed_in_place_by_kind(tmp_path: Path, elsewhere: P
         "sd_xl_base_1.0": ("base", False),
         "deliberate_v2": ("base", True),  # through the link, under the link's name
         "tiny-sd15": ("base", True),  # a diffusers folder, linked
-        "add_detail": ("lora", False),
+        "add_detail": ("lora", True),
         "control_v11p_sd15_openpose_fp16": ("controlnet", True),
         "CLIP-ViT-H-14-laion2B-s32B-b79K": ("image_encoder", True),
         "ip-adapter-plus_sd15": ("adapter", True),
-        "easynegative": ("embedding", False),
+        "easynegative": ("embedding", True),
         "vae-ft-mse-840000-ema-pruned": ("vae", False),
     }
     link = next(e for e in entries if e.name == "deliberate_v2")
@@ -159,7 +159,7 @@ def test_changes_in_the_folder_show_on_refresh(tmp_path: Path, elsewhere: Path, 
     write_shapes_only(m / "embeddings" / "easynegative.safetensors", adapter_shapes("global"))
     names = _by_name(lib.refresh(hash_new=False))
     assert "add_detail" not in names
-    assert names["new_style"] == ("lora", False)
+    assert names["new_style"] == ("lora", True)
     assert names["easynegative"] == ("adapter", True)
     lib.remove_folder(root)
     assert lib.entries() == []
@@ -185,7 +185,7 @@ def test_a1111_install_is_listed_in_place_by_kind(tmp_path: Path, elsewhere: Pat
     assert kinds["sd-v1-5-inpainting"] == ("base", True)
     assert kinds["control_v11f1p_sd15_depth"] == ("controlnet", True)
     assert kinds["ip-adapter_sd15.pth"] == ("adapter", True)  # detection, not the folder, decides
-    assert kinds["bad_prompt_version2"] == ("embedding", False)
+    assert kinds["bad_prompt_version2"] == ("embedding", True)
 
 
 def test_hugging_face_cache_lists_each_repo_at_its_newest_snapshot(tmp_path: Path, tiny_sd15: Path) -> None:
@@ -275,7 +275,7 @@ def test_repository_models_folder_is_the_default_layout_and_used_from_a_checkout
     lib = ModelLibrary(copy)
     assert _by_name(lib.refresh(hash_new=False)) == {
         "ip-adapter_sd15": ("adapter", True),
-        "style": ("lora", False),
+        "style": ("lora", True),
         "ip-adapter-plus_sd15": ("adapter", True),
     }
 
@@ -297,7 +297,7 @@ def test_cli_add_folder_lists_an_install_by_kind(
     library = tmp_path / "library"
     assert main(["models", "--library", str(library), "add-folder", str(root)]) == 0
     out = capsys.readouterr().out
-    assert f"ComfyUI folder {root}: 10 models (4 base, 1 adapter" in out and "6 usable by IPA Studio" in out
+    assert f"ComfyUI folder {root}: 10 models (4 base, 1 adapter" in out and "8 usable by IPA Studio" in out
     assert main(["models", "--library", str(library), "folders"]) == 0
     assert f"{root}  (ComfyUI)" in capsys.readouterr().out
     assert main(["models", "--library", str(library), "list", "--kind", "lora"]) == 0
@@ -323,6 +323,6 @@ def test_invokeai_install_is_listed_in_place(tmp_path: Path) -> None:
     kinds = _by_name(ModelLibrary(tmp_path / "library").add_folder(root))
     assert kinds == {
         "dreamshaper_8": ("base", True),
-        "detail": ("lora", False),
+        "detail": ("lora", True),
         "ip_adapter_sd15": ("adapter", True),
     }

@@ -345,14 +345,18 @@ def classify_shapes(
         return _classify_ldm(path, shapes, fmt, dtypes, config)
     lora = lora_format(keys)
     if lora is not None:
-        return _make(
-            path,
-            "lora",
-            "LoRA",
-            "a LoRA; IPA Studio does not apply LoRAs (yet)",
-            fmt,
-            **_lora_facts(shapes, lora),
-        )
+        # The verdict is the LoRA module's, which reads what the engine applies (core/lora.py).
+        from ipa_studio.core.lora import describe_shapes as describe_lora
+
+        info = describe_lora(path, shapes)
+        facts = _lora_facts(shapes, lora)
+        facts["base"] = info.base or facts["base"]
+        reason = info.reason
+        sd15 = _bundled_text_width()
+        if reason is None and facts["cross_attention_dim"] not in (None, sd15):
+            width = facts["cross_attention_dim"]
+            reason = f"it is a LoRA for a model with {width}-wide text; SD1.5 models have {sd15}"
+        return _make(path, "lora", "LoRA", reason, fmt, **facts, layers=info.layers)
     if "vision_model.embeddings.patch_embedding.weight" in shapes:
         return _classify_image_encoder_file(path, shapes, fmt)
     if "visual.transformer.resblocks.0.attn.in_proj_weight" in shapes or "visual.conv1.weight" in shapes:
@@ -377,16 +381,10 @@ def classify_shapes(
             "a VAE on its own; IPA Studio uses the VAE inside the base model",
             fmt,
         )
-    embedding = _embedding_facts(shapes)
+    embedding = _embedding_verdict(path, shapes)
     if embedding is not None:
-        return _make(
-            path,
-            "embedding",
-            "textual-inversion embedding",
-            "an embedding; IPA Studio does not load them",
-            fmt,
-            **embedding,
-        )
+        reason, facts = embedding
+        return _make(path, "embedding", "textual-inversion embedding", reason, fmt, **facts)
     if "conv_in.weight" in shapes and "time_embedding.linear_1.weight" in shapes:
         return _make(
             path,
@@ -484,40 +482,34 @@ def _lora_facts(shapes: Mapping[str, tuple[int, ...]], fmt: str) -> dict[str, An
     }
 
 
-def _embedding_facts(shapes: Mapping[str, tuple[int, ...]]) -> dict[str, Any] | None:
-    """Textual inversion layouts (diffusers ``loaders/textual_inversion.py``
-    ``_retrieve_tokens_and_embeddings``; A1111 ``modules/textual_inversion/textual_inversion.py``):
-    A1111 ``.pt`` (``string_to_param.*``, sometimes pickled as a ``ParameterDict``), ``.safetensors``
-    with ``emb_params``, SDXL ``clip_l`` / ``clip_g``, and diffusers' ``learned_embeds`` (one
-    ``{token: vector}`` entry)."""
-    keys = list(shapes)
-    params = [k for k in keys if k.startswith("string_to_param.")]
-    extra: dict[str, Any] = {}
-    if params:
-        key, layout = params[0], "A1111 .pt (string_to_param)"
-    elif "emb_params" in shapes:
-        key, layout = "emb_params", "A1111 safetensors (emb_params)"
-    elif "clip_l" in shapes or "clip_g" in shapes:
-        key, layout = ("clip_l" if "clip_l" in shapes else "clip_g"), "SDXL (clip_l / clip_g)"
-        extra["base"] = "SDXL"
-    elif len(keys) == 1 and len(shapes[keys[0]]) in (1, 2) and not keys[0].endswith((".weight", ".bias")):
-        # One {token: vectors} entry, named after the token ("<cat-toy>"), not after a layer.
-        key, layout = keys[0], "diffusers learned_embeds"
-        extra["token"] = key
-    else:
+def _bundled_text_width() -> int:
+    """The SD1.5 text width (768) from the bundled text-encoder config single files are loaded with."""
+    from ipa_studio.core.models.loader import bundled_resources
+
+    path = bundled_resources() / "sd15" / "text_encoder_config.json"
+    return int(json.loads(path.read_text(encoding="utf-8"))["hidden_size"])
+
+
+def _embedding_verdict(
+    path: Path, shapes: Mapping[str, tuple[int, ...]]
+) -> tuple[str | None, dict[str, Any]] | None:
+    """(reason, facts) of a textual inversion, judged by ``core/embeddings.py`` (the reader the engine
+    uses) for SD1.5's 768-wide text encoder; None when the weights are not one."""
+    from ipa_studio.core.embeddings import describe_shapes, embedding_key
+
+    info = describe_shapes(path, shapes, _bundled_text_width())
+    if info is None:
         return None
-    shape = shapes[key]
-    width = shape[-1] if shape else None
-    return {
-        "embedding_format": layout,
-        "vectors": shape[0] if len(shape) == 2 else 1,
-        "width": width,
-        "base": _EMBEDDING_WIDTHS.get(width or 0),
-        **extra,
+    facts: dict[str, Any] = {
+        "embedding_format": info.format,
+        "vectors": info.vectors,
+        "width": info.width,
+        "base": info.base,
+        "name": info.name,
     }
-
-
-_EMBEDDING_WIDTHS = {768: "SD1.x", 1024: "SD2.x"}
+    if info.format == "diffusers learned_embeds":
+        facts["token"] = embedding_key(shapes)[0]  # type: ignore[index]
+    return info.reason, facts
 
 
 # ----------------------------------------------------------------------------- image encoders
