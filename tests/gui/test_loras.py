@@ -199,3 +199,32 @@ def test_precision_setting_restarts_the_engine_in_that_format(qtbot, make_window
     assert window.settings.precision == "fp32"
     assert ready.args[0].endswith("· fp32") and window.worker.engine.dtype is torch.float32
     qtbot.waitUntil(lambda: window.device_label.text().endswith("· fp32"), timeout=5000)
+
+
+def test_generate_with_a_lora_and_reuse_brings_it_back(
+    qtbot, make_window, tmp_path, tiny_models, lora_files, monkeypatch
+):
+    """Add the LCM-LoRA, take its Fast preset, Generate; the picture's settings put the LoRA and its
+    strength back after the list was emptied. (The library offers only LoRAs that fit a full-size
+    SD1.5, which the tiny one does not, so it comes from a file here.)"""
+    from tests.gui.test_generation import outputs, run_job
+
+    window = make_window(
+        tiny_settings(tmp_path, tiny_models, prompt="a fox", seed_locked=True), check_network=False
+    )
+    state, lora_list = window.state, window.picker.loras
+    row = add_lora_file(qtbot, window, lora_files["lcm"], monkeypatch)
+    qtbot.waitUntil(lora_list.fast.isVisible, timeout=5000)
+    click(qtbot, lora_list.fast.use)
+    type_into(qtbot, row.strength, "0.8")
+    assert run_job(window, qtbot) == "finished"
+    [png] = outputs(window)
+
+    click(qtbot, row.remove)
+    assert state.loras == [] and state.build_request().loras == ()
+    state.apply_fast_preset("ddim", 30, 7.5)
+    assert window.reuse_settings(png)
+    assert [(i.name, i.strength, i.enabled) for i in state.loras] == [("lcm-lora-sdv1-5", 0.8, True)]
+    assert (state.scheduler, state.steps, state.guidance) == ("lcm", 4, 1.0)
+    qtbot.waitUntil(lambda: len(lora_list.rows) == 1, timeout=5000)
+    assert next(iter(lora_list.rows.values())).strength.value() == 0.8
