@@ -6,6 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from ipa_studio.core.request import SCHEDULERS
+
 PRECISIONS = {"fp16": "float16", "bf16": "bfloat16", "fp32": "float32"}
 
 
@@ -35,7 +37,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--steps", type=int, default=50)
     s.add_argument("--guidance", type=float, default=7.5)
     s.add_argument("--size", type=int, default=512)
-    s.add_argument("--scheduler", choices=("ddim", "dpm++", "euler-a"), default="ddim")
+    s.add_argument("--scheduler", choices=SCHEDULERS, default="ddim")
     s.add_argument("--caption-as-prompt", action="store_true", help="also give the caption as text prompt")
     s.add_argument("--limit", type=int, default=None, help="only the first N pairs")
     o = e.add_argument_group("output")

@@ -255,7 +255,8 @@ def add_request_arguments(g: argparse.ArgumentParser) -> None:
         "--precision",
         choices=sorted(PRECISIONS),
         default=None,
-        help="number format (default: fp16 on CUDA, fp32 elsewhere)",
+        help="number format (default: fp16 on CUDA, bf16 on CPUs that compute it natively "
+        "(AVX512-BF16 / AMX), fp32 elsewhere)",
     )
     o.add_argument("--quiet", action="store_true", help="no progress bar")
 

@@ -49,6 +49,9 @@ from ipa_studio.core.references import (
 from ipa_studio.core.regions import RegionMask
 from ipa_studio.core.request import EncoderView, GenerationRequest, ImageSource
 
+TCD_GAMMA = 0.3
+"""TCD's stochasticity (diffusers' ``eta``; 0 = deterministic multistep, 1 = ancestral-like)."""
+
 # Latent → RGB for a cheap live preview (SD1.5 latent space; rows = latent channels).
 PREVIEW_MATRIX = torch.tensor(
     [
@@ -573,7 +576,8 @@ class Engine:
             latents = self._denoise(request, prepared, on_step, should_cancel, started)
             with torch.no_grad():
                 vae = self._base.vae
-                decoded = vae.decode(latents / vae.config.scaling_factor, return_dict=False)[0]
+                scaled = (latents / vae.config.scaling_factor).to(vae.dtype)
+                decoded = vae.decode(scaled, return_dict=False)[0]
             images = _to_pil(decoded)
         finally:
             if self._adapter is not None:
@@ -595,12 +599,22 @@ class Engine:
         return compose.paste_back(p.start.original, image, p.mask.original, r.mask.blur, full_box)
 
     def _make_scheduler(self, name: str) -> Any:
-        from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, EulerAncestralDiscreteScheduler
+        from diffusers import (
+            DDIMScheduler,
+            DPMSolverMultistepScheduler,
+            EulerAncestralDiscreteScheduler,
+            LCMScheduler,
+            TCDScheduler,
+        )
 
         classes = {
             "ddim": DDIMScheduler,
             "dpm++": DPMSolverMultistepScheduler,
             "euler-a": EulerAncestralDiscreteScheduler,
+            # Built from the base model's own config (betas, offset), as the LCM-LoRA and TCD-LoRA
+            # model cards do: ``LCMScheduler.from_config(pipe.scheduler.config)``.
+            "lcm": LCMScheduler,
+            "tcd": TCDScheduler,
         }
         return classes[name].from_config(self._base.scheduler_config)
 
@@ -649,7 +663,9 @@ class Engine:
             extra = {}
             step_params = set(inspect.signature(scheduler.step).parameters)
             if "eta" in step_params:
-                extra["eta"] = 0.0
+                # DDIM: deterministic (eta 0). TCD: its "gamma", the share of fresh noise in each
+                # step; 0.3 is what the TCD authors recommend for 4-8 steps.
+                extra["eta"] = TCD_GAMMA if r.scheduler == "tcd" else 0.0
             if "generator" in step_params:
                 extra["generator"] = generator
 
@@ -661,18 +677,18 @@ class Engine:
                     image_prompt.step(i, total)  # references outside their step window drop out
                 model_in = torch.cat([latents] * 2) if cfg else latents
                 model_in = scheduler.scale_model_input(model_in, t)
-                down, mid = self._control_residuals(controls, model_in, t, prompt, i, total)
+                down, mid = self._control_residuals(controls, model_in.to(self.dtype), t, prompt, i, total)
                 unet_in = model_in
                 if start.condition is not None:  # 9-channel inpainting UNet: mask and masked picture
                     unet_in = torch.cat([model_in, *start.condition], dim=1)
                 noise_pred = unet(
-                    unet_in,
+                    unet_in.to(self.dtype),
                     t,
                     encoder_hidden_states=prompt,
                     down_block_additional_residuals=down,
                     mid_block_additional_residual=mid,
                     return_dict=False,
-                )[0]
+                )[0].float()
                 if cfg:
                     uncond, text = noise_pred.chunk(2)
                     noise_pred = uncond + r.guidance * (text - uncond)
@@ -703,7 +719,9 @@ class Engine:
         from diffusers.utils.torch_utils import randn_tensor
 
         base = self._base
-        device, dtype = self.device, self.dtype
+        # Latents, noise and masks stay in fp32 whatever the models run in: the scheduler's sums
+        # then lose nothing, and bf16 / fp16 differ from fp32 only inside the networks.
+        device, dtype = self.device, torch.float32
         vae = base.vae
         n = r.num_images
         width, height = p.size
@@ -716,8 +734,8 @@ class Engine:
         image_proc = VaeImageProcessor(vae_scale_factor=base.vae_scale_factor)
 
         def encode(pixels: torch.Tensor) -> torch.Tensor:
-            dist = vae.encode(pixels.to(device, dtype)).latent_dist
-            return vae.config.scaling_factor * dist.sample(generator)
+            dist = vae.encode(pixels.to(device, vae.dtype)).latent_dist
+            return (vae.config.scaling_factor * dist.sample(generator)).to(dtype)
 
         nine_channel = base.is_inpainting
         if p.mask is None and not nine_channel:

@@ -93,9 +93,11 @@ _SAMPLERS = {
     "euler a": "euler-a",
     "euler_ancestral": "euler-a",
     "euler_a": "euler-a",
+    "lcm": "lcm",
+    "tcd": "tcd",
 }
 _INVOKE_SCHEDULERS = {"dpmpp_2m_k": ("dpm++", "karras")}
-_OUR_LABELS = {"ddim": "DDIM", "dpm++": "DPM++ 2M", "euler-a": "Euler a"}
+_OUR_LABELS = {"ddim": "DDIM", "dpm++": "DPM++ 2M", "euler-a": "Euler a", "lcm": "LCM", "tcd": "TCD"}
 _OUR_SCHEDULES = {"dpm++": "SGM Uniform", "euler-a": "Uniform"}
 # Schedules that are ours under another name (ComfyUI's "normal" is A1111's "Uniform").
 _SAME_SCHEDULE = {

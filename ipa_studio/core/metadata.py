@@ -84,6 +84,10 @@ A1111_SAMPLERS: dict[str, tuple[str, str | None]] = {
     "ddim": ("DDIM", None),
     "dpm++": ("DPM++ 2M", "SGM Uniform"),
     "euler-a": ("Euler a", "Uniform"),
+    # LCM: A1111's (1.8+) and Forge's "LCM" sampler is the same multistep consistency sampler. TCD:
+    # Forge's and ComfyUI's name; its gamma (0.3) is not a field A1111 writes.
+    "lcm": ("LCM", None),
+    "tcd": ("TCD", None),
 }
 
 

@@ -143,6 +143,10 @@ def check_scale(scale: object) -> None:
         _number(scale, "λ (image strength)", 0.0, MAX_SCALE)
 
 
+FEW_STEP_MAX_STEPS = 50
+"""LCM / TCD: diffusers' ``original_inference_steps`` for SD1.5."""
+
+
 def check_request(r: GenerationRequest) -> None:
     """Refuse any setting out of range, in words that name it. Reads no file."""
     _whole(r.steps, "Steps", 1, MAX_STEPS)
@@ -156,6 +160,12 @@ def check_request(r: GenerationRequest) -> None:
         _whole(r.height, "Height", compose.MIN_SIDE, MAX_SIDE)
     if r.scheduler not in SCHEDULERS:
         raise RequestError(f"Unknown scheduler '{r.scheduler}'. Choose one of: {', '.join(SCHEDULERS)}.")
+    if r.scheduler in ("lcm", "tcd") and r.steps > FEW_STEP_MAX_STEPS:
+        # The consistency samplers pick their steps among 50 "original" ones; more cannot be made.
+        raise RequestError(
+            f"The {r.scheduler.upper()} sampler runs at most {FEW_STEP_MAX_STEPS} steps "
+            f"({r.steps} were asked for); it is meant for 2-8 steps with a few-step LoRA."
+        )
     check_scale(r.scale)
     for i, ref in enumerate(r.references, 1):
         _number(ref.weight, f"The weight of reference image {i}", 0.0, MAX_WEIGHT)

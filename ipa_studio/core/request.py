@@ -17,8 +17,10 @@ from PIL import Image
 ImageSource = str | Path | Image.Image
 """A path to an image file, or an image already in memory (pasted, dropped, a previous result)."""
 
-SchedulerName = Literal["ddim", "dpm++", "euler-a"]
-SCHEDULERS: tuple[str, ...] = ("ddim", "dpm++", "euler-a")
+SchedulerName = Literal["ddim", "dpm++", "euler-a", "lcm", "tcd"]
+SCHEDULERS: tuple[str, ...] = ("ddim", "dpm++", "euler-a", "lcm", "tcd")
+"""``lcm`` / ``tcd``: the few-step samplers of LCM-LoRA and TCD-LoRA (4–8 steps, guidance 1–2); on
+a plain SD1.5 model without such a LoRA they make blurred pictures (see ``core/fewstep.py``)."""
 
 Scale = float | Mapping[str, float]
 """λ: one number for every layer, or a mapping from UNet block prefix to λ.

@@ -129,6 +129,8 @@ class Settings:
     folder's ``references``, the command line's default too."""
     clip_model: str = ""
     """The CLIP model folder the λ sweep scores with (CLIP-I / CLIP-T); empty = not chosen yet."""
+    precision: str = "auto"
+    """"auto" (fp16 on GPUs, bf16 on CPUs with native bf16, else fp32), "fp32", "bf16" or "fp16"."""
     dialog_folders: dict[str, str] = field(default_factory=dict)
     """The folder each kind of file dialog showed last ("reference", "mask", "model file" …)."""
     last: LastValues = field(default_factory=LastValues)

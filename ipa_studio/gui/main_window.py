@@ -120,8 +120,10 @@ class MainWindow(QMainWindow):
         self.state = ViewState(settings.last, settings.models)
         self.library = LibraryWorker(library_root(settings.models_path), self)  # starts with its first scan
         self.loader = ImageLoader(self)
+        self._custom_engine = engine_factory is not None
         self.worker = GenerationWorker(
-            engine_factory or default_engine_factory(settings.device, settings.library_path)
+            engine_factory
+            or default_engine_factory(settings.device, settings.precision, settings.library_path)
         )
         self._jobs: dict[int, GenerationRequest] = {}
         self._running: int | None = None
@@ -199,7 +201,8 @@ class MainWindow(QMainWindow):
         )
         self.prompt = PromptPanel(self.state)
         self.balance = BalancePanel(self.state, self.presets_path)
-        self.settings_panel = SettingsPanel(self.state)
+        self.settings_panel = SettingsPanel(self.state, self.settings.precision)
+        self.settings_panel.precision_chosen.connect(self._set_precision)
         self.init_panel = InitImagePanel(self.state, lambda: self.outputs_dir / "references")
         self.control = ControlPanel(
             self.state,
@@ -939,6 +942,18 @@ class MainWindow(QMainWindow):
     def resizeEvent(self, event: QResizeEvent) -> None:  # noqa: N802 - Qt override
         super().resizeEvent(event)
         QTimer.singleShot(0, self, self._place_banner)  # after the layouts have placed the picture
+
+    def _set_precision(self, name: str) -> None:
+        """A new engine in that number format; the chosen models load into it at once."""
+        if name == self.settings.precision:
+            return
+        self.settings.precision = name
+        if not self._custom_engine:
+            self.worker.replace_engine(
+                default_engine_factory(self.settings.device, name, self.settings.library_path)
+            )
+            self.device_label.setText("Starting the engine…")
+            self._preload()
 
     def _on_engine_ready(self, description: str) -> None:
         self.device_label.setText(description)

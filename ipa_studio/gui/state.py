@@ -11,6 +11,7 @@ from __future__ import annotations
 import itertools
 import math
 import random
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -35,6 +36,7 @@ from ipa_studio.core.request import (
     GenerationRequest,
     HiresSpec,
     InitImage,
+    LoraSpec,
     MaskSpec,
     ModelSpec,
     NegativeImage,
@@ -67,6 +69,7 @@ LIMITS: dict[str, tuple[float, float]] = {
     "hires_scale": (1.05, 4.0),
     "hires_strength": (0.01, 1.0),
     "hires_steps": (0, 150),
+    "lora_strength": (-2.0, 2.0),
 }
 SETTING_NAMES = {
     "scale": "λ",
@@ -149,6 +152,27 @@ class ControlItem:
         return (self.photo, self.preprocessor, self.resolution, self.hands, self.face)
 
 
+@dataclass(frozen=True)
+class LoraItem:
+    """One LoRA of the LoRA list: its file, strengths, on/off, and what it was found to be.
+
+    ``text_strength`` None: the same as ``strength`` (A1111's rule). ``kind``: a short description
+    for the list ("LCM few-step", "kohya LoRA for SD1.x"); ``problem``: why it cannot be used.
+    """
+
+    uid: int
+    path: str
+    strength: float = 1.0
+    text_strength: float | None = None
+    enabled: bool = True
+    kind: str = ""
+    problem: str = ""
+
+    @property
+    def name(self) -> str:
+        return Path(self.path).stem
+
+
 _uids = itertools.count(1)
 
 # Plain-value fields, each with the name of the signal argument that announces its change.
@@ -181,6 +205,9 @@ class ViewState(QObject):
     """Everything a generation is made from. ``changed(name)`` fires once per real change."""
 
     changed = Signal(str)
+    # A LoRA's strength or on/off changed (adding or removing one is changed("loras")): the row that
+    # changed it already shows it, so the list is not rebuilt under a dragged slider.
+    lora_changed = Signal(int)
     # A control's values changed (not added or removed: that is changed("controls")). Its own signal,
     # so one card updates and the others are not rebuilt while a slider is dragged.
     control_changed = Signal(int)
@@ -226,6 +253,10 @@ class ViewState(QObject):
         self.negative_path = ""
         self.negative_noise = 0.0
         self.controls: list[ControlItem] = []
+        self.loras: list[LoraItem] = []
+        # Textual inversions the library knows, by the name prompts use (the file's stem): a request
+        # carries those whose name the prompt or the negative prompt holds.
+        self.embedding_files: dict[str, str] = {}
         self.models = replace(models) if models is not None else ModelPaths()
         self.presets_path: Path | None = None
         """Where user presets are kept (None: ``core.presets``'s default file)."""
@@ -460,6 +491,59 @@ class ViewState(QObject):
             specs.append(ControlSpec(c.map_path, c.model, c.scale, c.start, c.end))
         return tuple(specs)
 
+    # ------------------------------------------------------------------ LoRAs
+    def add_lora(self, path: str | Path, strength: float = 1.0, **values: object) -> LoraItem:
+        item = LoraItem(next(_uids), str(path), _clamp(float(strength), *LIMITS["lora_strength"]), **values)  # type: ignore[arg-type]
+        self.loras.append(item)
+        self.changed.emit("loras")
+        return item
+
+    def remove_lora(self, uid: int) -> None:
+        self.loras = [x for x in self.loras if x.uid != uid]
+        self.changed.emit("loras")
+
+    def lora(self, uid: int) -> LoraItem | None:
+        return next((x for x in self.loras if x.uid == uid), None)
+
+    def update_lora(self, uid: int, **changes: object) -> LoraItem | None:
+        old = self.lora(uid)
+        if old is None:
+            return None
+        for key in ("strength", "text_strength"):
+            if changes.get(key) is not None:
+                changes[key] = _clamp(float(changes[key]), *LIMITS["lora_strength"])  # type: ignore[arg-type]
+        new = replace(old, **changes)  # type: ignore[arg-type]
+        if new != old:
+            self.loras = [new if x.uid == uid else x for x in self.loras]
+            self.lora_changed.emit(uid)
+        return new
+
+    def apply_fast_preset(self, scheduler: str, steps: int, guidance: float) -> None:
+        """The Fast preset of a few-step LoRA: its sampler, steps and guidance (nothing else)."""
+        self.set("scheduler", scheduler)
+        self.set("steps", steps)
+        self.set("guidance", guidance)
+
+    def set_embedding_files(self, files: Mapping[str, str]) -> None:
+        if dict(files) != self.embedding_files:
+            self.embedding_files = dict(files)
+            self.changed.emit("embeddings")
+
+    def used_embeddings(self) -> tuple[str, ...]:
+        """The files of the known embeddings whose names stand in the prompt or negative prompt."""
+        words = set(_WORD.findall(self.prompt)) | set(_WORD.findall(self.negative_prompt))
+        return tuple(path for name, path in sorted(self.embedding_files.items()) if name in words)
+
+    def _lora_specs(self) -> tuple[LoraSpec, ...]:
+        specs = []
+        for item in self.loras:
+            if item.enabled and item.problem:
+                raise RequestError(
+                    f"The LoRA {item.name} cannot be used: {item.problem} Remove it or switch it off."
+                )
+            specs.append(LoraSpec(item.path, item.strength, item.text_strength, item.enabled))
+        return tuple(specs)
+
     # ------------------------------------------------------------------ models
     def set_models(self, models: ModelPaths) -> None:
         if models != self.models:
@@ -513,6 +597,8 @@ class ViewState(QObject):
             hires=HiresSpec(self.hires_scale, self.hires_strength, self.hires_steps, self.hires_upscaler)
             if self.hires_on
             else None,
+            loras=self._lora_specs(),
+            embeddings=self.used_embeddings(),
         )
 
     def _reference_specs(self) -> tuple[Reference, ...]:
@@ -591,6 +677,7 @@ class ViewState(QObject):
         notes.extend(self._apply_references(request))
 
         notes.extend(self._apply_controls(request.controls))
+        notes.extend(self._apply_loras(request))
 
         models = request.models
         wanted = ModelPaths(str(models.base), str(models.adapter or ""), str(models.image_encoder or ""))
@@ -743,6 +830,51 @@ class ViewState(QObject):
             f"{'were' if lost > 1 else 'was'} left out."
         ]
 
+    def _apply_loras(self, request: GenerationRequest) -> list[str]:
+        """The picture's LoRAs (strengths, on/off) and embeddings, where their files are here."""
+        kept = {item.path: item for item in self.loras}
+        self.loras = []
+        missing = []
+        for spec in request.loras:
+            path = str(spec.path)
+            if not Path(path).is_file():
+                missing.append(Path(path).stem)
+                continue
+            old = kept.get(path)
+            self.loras.append(
+                LoraItem(
+                    next(_uids),
+                    path,
+                    float(spec.strength),
+                    None if spec.text_strength is None else float(spec.text_strength),
+                    bool(spec.enabled),
+                    kind=old.kind if old else "",
+                    problem=old.problem if old else "",
+                )
+            )
+        self.changed.emit("loras")
+        files = dict(self.embedding_files)
+        lost_embeddings = []
+        for item in request.embeddings:
+            path = Path(item)
+            if path.is_file():
+                files.setdefault(path.stem, str(path))
+            else:
+                lost_embeddings.append(path.stem)
+        self.set_embedding_files(files)
+        notes = []
+        if missing:
+            notes.append(
+                f"The LoRA{'s' if len(missing) > 1 else ''} {', '.join(missing)} could not be found on this "
+                f"computer and {'were' if len(missing) > 1 else 'was'} left out; the picture will differ."
+            )
+        if lost_embeddings:
+            notes.append(
+                f"The embedding{'s' if len(lost_embeddings) > 1 else ''} {', '.join(lost_embeddings)} could "
+                "not be found on this computer; the prompt names them, but they will not act."
+            )
+        return notes
+
     # ------------------------------------------------------------------ persistence
     def last_values(self) -> LastValues:
         return LastValues(
@@ -795,6 +927,10 @@ def _remembered(uid: int, ref: ReferenceValue, weight: float) -> ReferenceItem:
         pass
     mask = ref.mask if ref.mask and Path(ref.mask).is_file() else ""
     return ReferenceItem(uid, ref.path, weight, start, end, fit, box, mask)
+
+
+_WORD = re.compile(r"[^\s,()\[\]{}:|<>]+")
+"""A word of a prompt as an embedding name can stand in it (between spaces, commas, brackets)."""
 
 
 def _multiple_of_8(value: float) -> int:

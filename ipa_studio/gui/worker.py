@@ -64,18 +64,36 @@ class SavedImage:
     """What the engine adjusted on the way (e.g. a mask scaled to the picture), to tell the user."""
 
 
-def default_engine_factory(device: str | None = None, library: Path | None = None) -> EngineFactory:
-    """``library``: the reference library's folder; the engine reads and writes the encoder
-    features of the pictures saved there, so using a saved reference costs no encoder call."""
+def default_engine_factory(
+    device: str | None = None, precision: str | None = None, library: Path | None = None
+) -> EngineFactory:
+    """``precision``: "auto" / None (the device's default), "fp32", "bf16" or "fp16". ``library``:
+    the reference library's folder; the engine reads and writes the encoder features of the
+    pictures saved there, so using a saved reference costs no encoder call."""
 
     def make() -> Any:
+        from ipa_studio.core.devices import parse_precision
         from ipa_studio.core.engine import Engine
+        from ipa_studio.core.errors import IPAStudioError
         from ipa_studio.core.references import ReferenceStore
 
+        try:
+            dtype = parse_precision(precision)
+        except IPAStudioError:  # an unknown name in a hand-edited settings file: the default
+            dtype = None
         store = ReferenceStore(library) if library is not None else None
-        return Engine(device=None if device in (None, "", "auto") else device, reference_store=store)
+        return Engine(
+            device=None if device in (None, "", "auto") else device, dtype=dtype, reference_store=store
+        )
 
     return make
+
+
+@dataclass(frozen=True)
+class _NewEngine:
+    """A queue item: replace the engine with one from ``factory`` (another precision)."""
+
+    factory: EngineFactory
 
 
 class GenerationWorker(QThread):
@@ -102,7 +120,7 @@ class GenerationWorker(QThread):
         super().__init__(parent)
         self.setObjectName("ipa-studio-engine")
         self._factory = engine_factory or default_engine_factory()
-        self._queue: queue.Queue[Job | SweepJob | ScorerLoad | ModelSpec | None] = queue.Queue()
+        self._queue: queue.Queue[Job | SweepJob | ScorerLoad | ModelSpec | _NewEngine | None] = queue.Queue()
         self._scorers = ScorerCache()
         self._last_id = 0
         self._engine_error = ""
@@ -139,6 +157,11 @@ class GenerationWorker(QThread):
     def preload_scorer(self, folder: Path) -> None:
         """Load the sweep's CLIP model now, between jobs (see ``sweep_job.ScorerLoad``)."""
         self._queue.put(ScorerLoad(Path(folder)))
+
+    def replace_engine(self, factory: EngineFactory) -> None:
+        """Make a new engine from ``factory`` between jobs (after the queued ones), dropping the old
+        one's weights first; ``engine_ready`` then says what it runs on."""
+        self._queue.put(_NewEngine(factory))
 
     def preload(self, models: ModelSpec) -> None:
         """Load ``models`` now, between jobs, so the next job starts computing at once.
@@ -178,13 +201,18 @@ class GenerationWorker(QThread):
             return job_id < self._cancel_below or job_id in self._cancelled
 
     # ------------------------------------------------------------------ worker thread
-    def run(self) -> None:
+    def _start_engine(self) -> None:
         description = "Starting…"
         try:
             self.engine = self._factory()
             from ipa_studio.core.devices import describe_device
 
             description = describe_device(self.engine.device)
+            dtype = getattr(self.engine, "dtype", None)
+            if dtype is not None:
+                names = {"torch.float32": "fp32", "torch.bfloat16": "bf16", "torch.float16": "fp16"}
+                description += f" · {names.get(str(dtype), str(dtype))}"
+            self._engine_error = ""
             _quiet_garbage_collector()
         except Exception as exc:  # a device that is asked for and missing, a broken torch install
             self.engine = None
@@ -192,10 +220,18 @@ class GenerationWorker(QThread):
             description = "No engine: " + self._engine_error
         self.engine_ready.emit(description)
 
+    def run(self) -> None:
+        self._start_engine()
         while True:
             job = self._queue.get()
             if job is None:
                 break
+            if isinstance(job, _NewEngine):
+                self.engine = None
+                gc.collect()  # the old weights go before the new engine loads any
+                self._factory = job.factory
+                self._start_engine()
+                continue
             if isinstance(job, ModelSpec):
                 self._preload(job)
                 continue

@@ -32,6 +32,7 @@ from PySide6.QtWidgets import (
 
 from ipa_studio.gui import dialogs
 from ipa_studio.gui.library import LibrarySnapshot, LibraryWorker, path_key
+from ipa_studio.gui.panels.loras import LoraList
 from ipa_studio.gui.state import ViewState
 from ipa_studio.gui.widgets.fields import ComboBox
 from ipa_studio.gui.widgets.section import Section
@@ -72,6 +73,12 @@ QComboBox QAbstractItemView { background: #2b2b2f; border: 1px solid #55555c; pa
 QComboBox QAbstractItemView::item { min-height: 24px; padding: 0 6px; }
 QToolButton#addModel { padding: 3px 10px; }
 QToolButton#addModel::menu-indicator { image: none; width: 0; }
+QToolButton#addLora { padding: 2px 8px; }
+QToolButton#addLora::menu-indicator { image: none; width: 0; }
+QFrame#loraRow { background: #26262a; border: 1px solid #3a3a40; border-radius: 4px; }
+QFrame#fastStrip { background: #243b2a; border: 1px solid #3f7a4c; border-radius: 4px; }
+QFrame#fastStrip QLabel { color: #e4f5e7; }
+ElidedLabel[warning="true"] { color: #e8a33d; }
 """
 _PATH_ROLE = Qt.ItemDataRole.UserRole
 
@@ -281,6 +288,8 @@ class ModelPicker(Section):
         self.status.setWordWrap(True)
         self.status.hide()
         self.body.addWidget(self.status)
+        self.loras = LoraList(state, lambda: self.snapshot.of_kind("lora"), library.root)
+        self.body.addWidget(self.loras)
 
         self.base.currentIndexChanged.connect(self._on_base_chosen)
         self.adapter.currentIndexChanged.connect(self._on_adapter_chosen)
@@ -309,6 +318,10 @@ class ModelPicker(Section):
     def set_snapshot(self, snapshot: LibrarySnapshot) -> None:
         self.snapshot = snapshot
         self.scanned = True
+        # Embeddings are used by name in the prompts: the state offers the library's usable ones.
+        files = dict(self.state.embedding_files)
+        files.update({Path(e.path).stem: str(e.path) for e in snapshot.of_kind("embedding") if e.usable})
+        self.state.set_embedding_files(files)
         self._fill_encoder()
         self._show()
 
@@ -538,6 +551,9 @@ class ModelPicker(Section):
                 note += f" It needs {encoder_need(entry)}: add that too, or download it on the Models tab."
         elif entry.kind == "image_encoder" and not self.state.models.image_encoder:
             self.state.set_models(replace(self.state.models, image_encoder=str(entry.path)))
+        elif entry.kind == "lora":
+            self.loras.add(str(entry.path))
+            note += " It is now in the LoRA list."
         self.message.emit(note, "note")
 
     def busy(self) -> bool:

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from typing import Any
 
-from PySide6.QtCore import Qt, QTimer
-from PySide6.QtGui import QDragEnterEvent, QTextCursor
-from PySide6.QtWidgets import QHBoxLayout, QLabel, QPlainTextEdit, QWidget
+from PySide6.QtCore import QStringListModel, Qt, QTimer
+from PySide6.QtGui import QDragEnterEvent, QKeyEvent, QTextCursor
+from PySide6.QtWidgets import QCompleter, QHBoxLayout, QLabel, QMenu, QPlainTextEdit, QToolButton, QWidget
 
 from ipa_studio.gui.state import ViewState
 from ipa_studio.gui.widgets.section import Section
@@ -68,6 +69,64 @@ class _TextBox(QPlainTextEdit):
         self.setTabChangesFocus(True)  # Tab moves on, as in a form; prompts rarely need tab characters
         height = self.fontMetrics().lineSpacing() * lines + 16
         self.setFixedHeight(height)
+        # Typing "<" offers the embeddings by name (A1111 users know "<" from <lora:…>); choosing
+        # one writes its name, which is how a prompt uses an embedding.
+        self.names: Callable[[], list[str]] = list
+        self.completer = QCompleter(QStringListModel([], self), self)
+        self.completer.setWidget(self)
+        self.completer.setCaseSensitivity(Qt.CaseSensitivity.CaseInsensitive)
+        self.completer.setCompletionMode(QCompleter.CompletionMode.PopupCompletion)
+        self.completer.activated.connect(self._complete_with)
+
+    def _open_bracket(self) -> int:
+        """Where the "<" being completed starts in the text, or -1."""
+        cursor = self.textCursor()
+        block = cursor.block().text()[: cursor.positionInBlock()]
+        at = block.rfind("<")
+        if at < 0 or any(c.isspace() or c in ",>" for c in block[at + 1 :]):
+            return -1
+        return cursor.block().position() + at
+
+    def keyPressEvent(self, event: QKeyEvent) -> None:  # noqa: N802 - Qt override
+        popup = self.completer.popup()
+        keys = (Qt.Key.Key_Enter, Qt.Key.Key_Return, Qt.Key.Key_Escape, Qt.Key.Key_Tab, Qt.Key.Key_Backtab)
+        if popup.isVisible() and event.key() in keys:
+            event.ignore()  # the completer's popup takes these (choose / close)
+            return
+        super().keyPressEvent(event)
+        start = self._open_bracket()
+        names = self.names() if start >= 0 else []
+        if not names:
+            popup.hide()
+            return
+        prefix = self.toPlainText()[start + 1 : self.textCursor().position()]
+        model = self.completer.model()
+        assert isinstance(model, QStringListModel)
+        if model.stringList() != names:
+            model.setStringList(names)
+        self.completer.setCompletionPrefix(prefix)
+        if self.completer.completionCount() == 0:
+            popup.hide()
+            return
+        rect = self.cursorRect()
+        rect.setWidth(popup.sizeHintForColumn(0) + popup.verticalScrollBar().sizeHint().width() + 16)
+        self.completer.complete(rect)
+        popup.setCurrentIndex(self.completer.completionModel().index(0, 0))
+
+    def _complete_with(self, name: str) -> None:
+        start = self._open_bracket()
+        cursor = self.textCursor()
+        if start >= 0:
+            cursor.setPosition(start, QTextCursor.MoveMode.KeepAnchor)
+        cursor.insertText(name)
+        self.setTextCursor(cursor)
+
+    def insert_name(self, name: str) -> None:
+        """Write ``name`` at the cursor, with a separating comma and space when text comes before."""
+        cursor = self.textCursor()
+        before = self.toPlainText()[: cursor.position()].rstrip()
+        cursor.insertText((", " if before and not before.endswith(",") else " " if before else "") + name)
+        self.setTextCursor(cursor)
 
     def set_text_keeping_undo(self, text: str) -> None:
         # setPlainText would wipe the undo history; replacing through a cursor keeps Ctrl+Z working,
@@ -153,8 +212,25 @@ class PromptPanel(Section):
         )
         self.prompt_count = TokenCount(self.prompt)
         self.negative_count = TokenCount(self.negative)
+        for box in (self.prompt, self.negative):
+            box.names = lambda: sorted(self.state.embedding_files, key=str.lower)
+        self.embeddings = QToolButton()
+        self.embeddings.setObjectName("embeddingsButton")
+        self.embeddings.setText("Embeddings")
+        self.embeddings.setToolTip(
+            "Textual-inversion embeddings in the library: choose one to write its name into the "
+            "prompt (or into Avoid, for negative embeddings). Typing < in a prompt offers them too."
+        )
+        self.embeddings.setPopupMode(QToolButton.ToolButtonPopupMode.InstantPopup)
+        self.embeddings_menu = QMenu(self.embeddings)
+        self.embeddings_menu.aboutToShow.connect(self._fill_embeddings)
+        self.embeddings.setMenu(self.embeddings_menu)
+        count_row = QHBoxLayout()
+        count_row.addWidget(self.embeddings)
+        count_row.addStretch(1)
+        count_row.addWidget(self.prompt_count)
         self.body.addWidget(self.prompt)
-        self.body.addWidget(self.prompt_count)
+        self.body.addLayout(count_row)
         avoid = QLabel("Avoid")
         avoid.setObjectName("fieldLabel")
         avoid.setToolTip(self.negative.toolTip())
@@ -178,6 +254,19 @@ class PromptPanel(Section):
         self._waiting.timeout.connect(self._count_when_ready)
         if not self._count_when_ready():
             self._waiting.start()
+
+    def _fill_embeddings(self) -> None:
+        menu = self.embeddings_menu
+        menu.clear()
+        names = sorted(self.state.embedding_files, key=str.lower)
+        if not names:
+            menu.addAction("No embeddings in the library yet").setEnabled(False)
+            return
+        into_prompt = menu.addMenu("Into the prompt")
+        into_avoid = menu.addMenu("Into Avoid (negative)")
+        for name in names:
+            into_prompt.addAction(name, lambda n=name: self.prompt.insert_name(n))
+            into_avoid.addAction(name, lambda n=name: self.negative.insert_name(n))
 
     def _count_when_ready(self) -> bool:
         ready = self.prompt_count.refresh() and self.negative_count.refresh()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from PySide6.QtCore import QSize, Qt
+from PySide6.QtCore import QSize, Qt, Signal
 from PySide6.QtWidgets import (
     QCheckBox,
     QFormLayout,
@@ -31,11 +31,28 @@ SCHEDULER_LABELS: dict[str, tuple[str, str]] = {
     "ddim": ("DDIM", "The paper's sampler: steady, good at 30–50 steps"),
     "dpm++": ("DPM++ 2M", "Sharp results in fewer steps (20–30)"),
     "euler-a": ("Euler a", "Softer and more varied; changes a lot with the number of steps"),
+    "lcm": ("LCM", "For an LCM-LoRA: 4–8 steps, guidance 1–2 (blurry without one)"),
+    "tcd": ("TCD", "For a TCD or Hyper-SD LoRA: 4–8 steps, guidance 1–2"),
+}
+
+
+PRECISION_LABELS: dict[str, tuple[str, str]] = {
+    "auto": (
+        "Auto",
+        "fp16 on an NVIDIA GPU, bf16 on CPUs that compute it natively (AVX512-BF16 / AMX), else fp32",
+    ),
+    "fp32": ("fp32", "Full precision: the reference results, the slowest on a CPU"),
+    "bf16": ("bf16", "About half the time of fp32 on CPUs with AVX512-BF16 / AMX; differs only by rounding"),
+    "fp16": ("fp16", "For GPUs; on a CPU it is slow"),
 }
 
 
 class SettingsPanel(Section):
-    def __init__(self, state: ViewState, parent: QWidget | None = None) -> None:
+    precision_chosen = Signal(str)
+    """The number format the engine should use ("auto", "fp32", "bf16", "fp16"): an app setting,
+    not part of a picture's settings."""
+
+    def __init__(self, state: ViewState, precision: str = "auto", parent: QWidget | None = None) -> None:
         super().__init__("Generation settings", "", parent)
         self.state = state
         form = QFormLayout()
@@ -119,6 +136,18 @@ class SettingsPanel(Section):
         self.num_images.setToolTip("How many pictures to make at once, each from a different starting noise")
         self._row(form, "Images", self.num_images)
 
+        self.precision = ComboBox()
+        self.precision.setObjectName("precisionCombo")
+        for name, (label, tip) in PRECISION_LABELS.items():
+            self.precision.addItem(label, name)
+            self.precision.setItemData(self.precision.count() - 1, tip, Qt.ItemDataRole.ToolTipRole)
+        self.precision.setCurrentIndex(max(0, self.precision.findData(precision)))
+        self.precision.setToolTip(
+            "The number format the models compute in. Auto picks the fastest one that is safe here; "
+            "the status bar says which one is in use."
+        )
+        self._row(form, "Precision", self.precision)
+        self.precision.activated.connect(lambda _: self.precision_chosen.emit(self.precision.currentData()))
         self._build_hires(form)
 
         self._show_all()
