@@ -82,10 +82,18 @@ class LibraryWorker(QThread):
         self._lock = threading.Lock()
         self._cancel = False
         self._stopping = False
+        self._latest: LibrarySnapshot | None = None
 
     @property
     def root(self) -> Path:
         return self._root
+
+    @property
+    def latest(self) -> LibrarySnapshot | None:
+        """The last scan's snapshot: a view made after that scan was announced reads it here, since
+        a signal reaches only the slots connected when it was sent."""
+        with self._lock:
+            return self._latest
 
     # ------------------------------------------------------------------ GUI-thread API
     def set_root(self, root: Path, register: Iterable[str] = ()) -> None:
@@ -140,11 +148,16 @@ class LibraryWorker(QThread):
             if self._closing():
                 continue  # drain: nothing more is wanted once the window closes
             if what == "scan":
-                self.scanned.emit(self._scan(*args))
+                self._announce(self._scan(*args))
             elif what == "inspect":
                 self._inspect(args)
             elif what == "add":
                 self._add(*args)
+
+    def _announce(self, snapshot: LibrarySnapshot) -> None:
+        with self._lock:
+            self._latest = snapshot
+        self.scanned.emit(snapshot)
 
     def _scan(self, root: Path, register: tuple[str, ...]) -> LibrarySnapshot:
         try:
@@ -222,5 +235,5 @@ class LibraryWorker(QThread):
             self.added.emit(path, None, describe_error(exc, "adding the model"))
             return
         # The new snapshot first, so whoever handles ``added`` finds the entry in it.
-        self.scanned.emit(self._scan(root, ()))
+        self._announce(self._scan(root, ()))
         self.added.emit(path, entry, "")

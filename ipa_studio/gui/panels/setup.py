@@ -297,6 +297,7 @@ class SetupPanel(QScrollArea):
         self.snapshot: LibrarySnapshot | None = None
         if library is not None:
             library.scanned.connect(self.set_library)
+            self.snapshot = library.latest
         self.online: bool | None = None
         self.downloads = DownloadWorker(self)
         self.downloads.network_checked.connect(self._on_network)
