@@ -171,3 +171,37 @@ def tiny_as_bundled(monkeypatch: pytest.MonkeyPatch, _tiny_resources: Path) -> P
 
     monkeypatch.setattr(loader, "bundled_resources", lambda: _tiny_resources)
     return _tiny_resources
+
+
+def write_official_json_dataset(
+    folder: Path, captions: dict[str, str], *, root_name: str = "images"
+) -> tuple[Path, Path]:
+    """Training data in the layout of the official IP-Adapter repository (tencent-ailab/IP-Adapter,
+    ``tutorial_train.py``: ``--data_json_file`` / ``--data_root_path``): one JSON file holding a list
+    of ``{"image_file": ..., "text": ...}``, the image paths relative to a separate root folder.
+    Written here with ``json.dump`` after that script's own example, ``[{"image_file": "1.png", "text":
+    "A dog"}]``, not by our code; the tests read it first with the official script's reader lines.
+    Returns ``(json_file, root)``."""
+    import json
+
+    root = folder / root_name
+    for index, name in enumerate(captions):
+        target = root / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        make_reference_image(60 + index, (72, 64)).save(target)
+    json_file = folder / "data.json"
+    with open(json_file, "w") as f:
+        json.dump([{"image_file": name, "text": text} for name, text in captions.items()], f)
+    return json_file, root
+
+
+@pytest.fixture
+def official_json_dataset(tmp_path: Path) -> tuple[Path, Path]:
+    """Four captioned images in the official IP-Adapter JSON layout (one in a subfolder)."""
+    captions = {
+        "1.png": "A dog",
+        "2.png": "a red boat at sea",
+        "more/3.jpg": "shapes on a grey ground",
+        "4.png": "a cat on a sofa",
+    }
+    return write_official_json_dataset(tmp_path / "official", captions)

@@ -22,7 +22,7 @@ from PIL import Image
 
 from ipa_studio.core.errors import IPAStudioError
 from ipa_studio.core.images import load_image
-from ipa_studio.core.train.data import scan_captioned_folder
+from ipa_studio.core.train.data import scan_dataset
 
 from .metrics import CLIPSCORE_WEIGHT, ClipScorer, clip_i, clip_t, cosine
 
@@ -45,7 +45,8 @@ Generate = Callable[[Image.Image, str, int], list[Image.Image]]
 @dataclass
 class EvalConfig:
     pairs: Path
-    """A folder of image prompts with captions (sidecar .txt or metadata.jsonl), as for training."""
+    """Image prompts with captions, as for training: a folder (sidecar .txt or metadata.jsonl) or an
+    official-format .json list (paths relative to its folder)."""
     base_model: Path
     adapter: Path
     image_encoder: Path
@@ -149,7 +150,7 @@ def evaluate(
         raise IPAStudioError("The results file is a CSV; the summary is written next to it as .json.")
     if not out.parent.is_dir():
         raise IPAStudioError(f"The output folder '{out.parent}' does not exist.")
-    scan = scan_captioned_folder(config.pairs)
+    scan = scan_dataset(config.pairs)
     items = scan.items[: config.limit] if config.limit else scan.items
     skipped = [str(p) for p, _ in scan.unreadable]
     if generate is None:
