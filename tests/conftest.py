@@ -205,3 +205,36 @@ def official_json_dataset(tmp_path: Path) -> tuple[Path, Path]:
         "4.png": "a cat on a sofa",
     }
     return write_official_json_dataset(tmp_path / "official", captions)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory, tiny_sd15: Path, tiny_image_encoder: Path) -> Path:
+    """A finished 3-step training run of the tiny models with a checkpoint at every step (the run
+    folder ``ipa-studio train`` writes), for evaluating each saved checkpoint."""
+    from ipa_studio.cli import main
+
+    folder = tmp_path_factory.mktemp("run")
+    json_file, root = write_official_json_dataset(
+        folder, {f"{i}.png": f"shapes number {i}" for i in range(4)}, root_name="data"
+    )
+    run = folder / "run"
+    args = [
+        "train", "--data-json", str(json_file), "--data-root", str(root),
+        "--model", str(tiny_sd15), "--image-encoder", str(tiny_image_encoder), "--output", str(run),
+        "--resolution", "64", "--batch-size", "2", "--max-steps", "3", "--checkpoint-every", "1",
+        "--keep-checkpoints", "0", "--lr", "0.05", "--num-workers", "0", "--device", "cpu", "--quiet",
+    ]  # fmt: skip
+    # A large learning rate, so the three checkpoints' adapters (and scores) clearly differ.
+    assert main(args) == 0
+    return run
+
+
+@pytest.fixture
+def eval_pairs(tmp_path: Path) -> Path:
+    """Two image prompts with sidecar captions, the pairs folder of an evaluation."""
+    folder = tmp_path / "pairs"
+    folder.mkdir()
+    for seed, (name, caption) in enumerate({"cat.png": "a cat on a sofa", "boat.png": "a red boat"}.items()):
+        make_reference_image(seed + 30, (70, 56)).save(folder / name)
+        (folder / name).with_suffix(".txt").write_text(caption, encoding="utf-8")
+    return folder

@@ -95,12 +95,21 @@ class EvalResult:
         return line
 
 
-def _engine_generator(config: EvalConfig) -> Generate:
+def _engine_generator(
+    config: EvalConfig,
+    *,
+    engine: Any = None,
+    on_step: Callable[[Any], None] | None = None,
+    should_cancel: Callable[[], bool] | None = None,
+) -> Generate:
+    """Generation on ``engine`` (made from the config when None; reused across checkpoints, so the
+    base model and encoders are read once and only the adapter changes)."""
     from ipa_studio.core.engine import Engine
     from ipa_studio.core.request import GenerationRequest, ModelSpec, Reference
 
-    dtype = getattr(torch, config.dtype) if config.dtype else None
-    engine = Engine(device=config.device, dtype=dtype)
+    if engine is None:
+        dtype = getattr(torch, config.dtype) if config.dtype else None
+        engine = Engine(device=config.device, dtype=dtype)
     template = GenerationRequest(
         models=ModelSpec(config.base_model, config.adapter, config.image_encoder),
         scale=config.scale,
@@ -114,7 +123,7 @@ def _engine_generator(config: EvalConfig) -> Generate:
 
     def generate(reference: Image.Image, prompt: str, seed: int) -> list[Image.Image]:
         request = template.replace(references=(Reference(reference),), prompt=prompt, seed=seed)
-        return engine.generate(request).images
+        return engine.generate(request, on_step=on_step, should_cancel=should_cancel).images
 
     generate.engine = engine  # type: ignore[attr-defined]
     return generate
