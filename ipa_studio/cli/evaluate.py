@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -64,6 +65,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     o.add_argument("--device", default=None, help="cuda, mps or cpu (default: best available)")
     o.add_argument("--precision", choices=sorted(PRECISIONS), default=None)
     o.add_argument("--quiet", action="store_true", help="no progress bar")
+    o.add_argument(
+        "--events",
+        action="store_true",
+        help="with --checkpoints: print progress and each checkpoint's scores as JSON lines on stdout "
+        "(what the window's Evaluate tab reads)",
+    )
 
 
 def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
@@ -73,6 +80,8 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
     if args.num_images < 1:
         parser.error("--num-images must be at least 1")
+    if args.events and args.checkpoints is None:
+        parser.error("--events goes with --checkpoints")
     config = EvalConfig(
         pairs=args.pairs,
         base_model=args.model,
@@ -115,7 +124,13 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
 
 def _run_checkpoints(args: argparse.Namespace, config: EvalConfig, bar: Any) -> int:
-    from ipa_studio.core.evaluate import Progress, best_definition, evaluate_checkpoints, find_checkpoints
+    from ipa_studio.core.evaluate import (
+        CheckpointScore,
+        Progress,
+        best_definition,
+        evaluate_checkpoints,
+        find_checkpoints,
+    )
 
     checkpoints = find_checkpoints(args.checkpoints)
     best_by = args.best_by.replace("-", "_")
@@ -123,14 +138,53 @@ def _run_checkpoints(args: argparse.Namespace, config: EvalConfig, bar: Any) -> 
         config.out = config.out.with_suffix(".csv")
     print(f"{len(checkpoints)} checkpoint(s): " + ", ".join(c.label for c in checkpoints), file=sys.stderr)
 
+    def event(kind: str, **fields: Any) -> None:
+        # One JSON object per line, flushed at once: a reader on the other end of a pipe sees each
+        # checkpoint's scores as soon as they exist. Floats are written exactly (repr).
+        print(json.dumps({"event": kind, **fields}), flush=True)
+
+    if args.events:
+        event(
+            "checkpoints",
+            items=[{"step": c.step, "adapter": str(c.adapter), "label": c.label} for c in checkpoints],
+        )
+
     def on_progress(p: Progress) -> None:
         bar.total = p.checkpoints * p.pairs
         bar.update(p.checkpoint * p.pairs + p.pair - bar.n)
+        if args.events:
+            event(
+                "progress",
+                fraction=p.fraction,
+                checkpoint=p.checkpoint,
+                checkpoints=p.checkpoints,
+                pair=p.pair,
+                pairs=p.pairs,
+                step=p.step,
+                steps=p.steps,
+            )
+
+    def on_score(score: CheckpointScore) -> None:
+        if args.events:
+            event("score", **score.to_json())
 
     try:
-        result = evaluate_checkpoints(config, checkpoints, best_by=best_by, on_progress=on_progress)
+        result = evaluate_checkpoints(
+            config, checkpoints, best_by=best_by, on_progress=on_progress, on_score=on_score
+        )
     finally:
         bar.close()
+    if args.events:
+        event(
+            "done",
+            best=result.scores.index(result.best),
+            best_by=best_by,
+            best_definition=best_definition(best_by),
+            csv=str(result.csv),
+            summary=str(result.summary_file),
+            skipped=len(result.skipped),
+        )
+        return 0
     if result.skipped:
         print(f"{len(result.skipped)} unreadable image prompt(s) skipped", file=sys.stderr)
     for score in result.scores:

@@ -11,7 +11,6 @@ import csv
 import io
 import json
 import os
-import tempfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -21,6 +20,7 @@ import torch
 from PIL import Image
 
 from ipa_studio.core.errors import IPAStudioError
+from ipa_studio.core.files import temporary
 from ipa_studio.core.images import load_image
 from ipa_studio.core.train.data import scan_dataset
 
@@ -130,14 +130,11 @@ def _engine_generator(
 
 
 def _write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
+    # The project's temporary name: removed even when the process is terminated mid-write.
+    with temporary(path) as tmp:
+        with tmp.open("w", encoding="utf-8", newline="") as f:
             f.write(text)
         os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def evaluate(
