@@ -512,6 +512,7 @@ class EvaluatePanel(QWidget):
         env = QProcessEnvironment.systemEnvironment()
         env.insert("PYTHONUNBUFFERED", "1")
         env.insert("PYTHONIOENCODING", "utf-8")
+        env.insert("IPA_STUDIO_BACKGROUND", "1")  # a lower CPU priority than the window's
         process.setProcessEnvironment(env)
         process.setProgram(sys.executable)
         process.setArguments(["-m", "ipa_studio.cli", *self.command(out)])
