@@ -76,7 +76,7 @@ def test_evaluate_tab_numbers_equal_the_cli_and_the_best_is_marked(
         tiny_image_encoder
     )
 
-    with StallMeter() as meter, qtbot.waitSignal(panel.ended, timeout=300_000) as ended:
+    with StallMeter() as meter, qtbot.waitSignal(panel.ended, timeout=600_000) as ended:
         click(qtbot, panel.start_button)
         assert not panel.start_button.isEnabled() and panel.cancel_button.isEnabled()
     assert ended.args == ["finished"], panel.status.text()
@@ -130,7 +130,7 @@ def test_use_in_create_sets_the_checkpoint_as_the_adapter(
         qtbot, window, str(tiny_run / "checkpoints" / "step-0000002"), eval_pairs, tiny_clip, limit="1"
     )
     assert "1 checkpoint: step 2" in panel.found.text()
-    with qtbot.waitSignal(panel.ended, timeout=300_000) as ended:
+    with qtbot.waitSignal(panel.ended, timeout=600_000) as ended:
         click(qtbot, panel.start_button)
     assert ended.args == ["finished"], panel.status.text()
     adapter = str(tiny_run / "checkpoints" / "step-0000002" / "ip-adapter.safetensors")
@@ -169,7 +169,7 @@ def test_a_failed_evaluation_is_told_in_words(
     empty = tmp_path / "no-pictures"
     empty.mkdir()
     panel = _fill(qtbot, window, str(tiny_run), empty, tiny_clip)
-    with qtbot.waitSignal(panel.ended, timeout=300_000) as ended:
+    with qtbot.waitSignal(panel.ended, timeout=600_000) as ended:
         click(qtbot, panel.start_button)
     assert ended.args == ["failed"]
     text = panel.status.text()

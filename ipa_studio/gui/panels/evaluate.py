@@ -74,6 +74,11 @@ def _clip_model_near(models_dir: Path) -> str:
     return ""
 
 
+def _short_name(adapter: Path) -> str:
+    """Checkpoints of one run share a file name; their folder tells them apart."""
+    return f"{adapter.parent.name}/{adapter.name}" if adapter.parent.name else adapter.name
+
+
 class _PathField(QWidget):
     """A path typed or chosen with buttons; ``changed`` when the person is done editing."""
 
@@ -661,7 +666,7 @@ class EvaluatePanel(QWidget):
             "—" if step is None else str(step),
             f"{score['clip_i']:.4f}",
             f"{score['clip_t']:.4f}",
-            Path(score["adapter"]).name,
+            _short_name(Path(score["adapter"])),
         ]
         for column, text in enumerate(cells):
             item = QTableWidgetItem(text)
