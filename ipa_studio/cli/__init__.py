@@ -40,7 +40,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Started by the window for background work (the Evaluate tab): the window's own thread
         # must win the CPU over this process, or its event loop waits for a time slice.
         with contextlib.suppress(OSError):
-            os.nice(5)
+            os.nice(10)
 
     try:
         return args.run(args, parser)

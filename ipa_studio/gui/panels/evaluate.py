@@ -639,9 +639,11 @@ class EvaluatePanel(QWidget):
 
     def _say(self, text: str, tone: str) -> None:
         self.status.setText(text)
-        self.status.setProperty("tone", tone)
-        self.status.style().unpolish(self.status)
-        self.status.style().polish(self.status)
+        if self.status.property("tone") != tone:
+            # Re-polishing restyles the label (milliseconds); progress lines keep their tone.
+            self.status.setProperty("tone", tone)
+            self.status.style().unpolish(self.status)
+            self.status.style().polish(self.status)
 
     # ------------------------------------------------------------------ results
     def _clear_results(self) -> None:
