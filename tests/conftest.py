@@ -171,3 +171,70 @@ def tiny_as_bundled(monkeypatch: pytest.MonkeyPatch, _tiny_resources: Path) -> P
 
     monkeypatch.setattr(loader, "bundled_resources", lambda: _tiny_resources)
     return _tiny_resources
+
+
+def write_official_json_dataset(
+    folder: Path, captions: dict[str, str], *, root_name: str = "images"
+) -> tuple[Path, Path]:
+    """Training data in the layout of the official IP-Adapter repository (tencent-ailab/IP-Adapter,
+    ``tutorial_train.py``: ``--data_json_file`` / ``--data_root_path``): one JSON file holding a list
+    of ``{"image_file": ..., "text": ...}``, the image paths relative to a separate root folder.
+    Written here with ``json.dump`` after that script's own example, ``[{"image_file": "1.png", "text":
+    "A dog"}]``, not by our code; the tests read it first with the official script's reader lines.
+    Returns ``(json_file, root)``."""
+    import json
+
+    root = folder / root_name
+    for index, name in enumerate(captions):
+        target = root / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        make_reference_image(60 + index, (72, 64)).save(target)
+    json_file = folder / "data.json"
+    with open(json_file, "w") as f:
+        json.dump([{"image_file": name, "text": text} for name, text in captions.items()], f)
+    return json_file, root
+
+
+@pytest.fixture
+def official_json_dataset(tmp_path: Path) -> tuple[Path, Path]:
+    """Four captioned images in the official IP-Adapter JSON layout (one in a subfolder)."""
+    captions = {
+        "1.png": "A dog",
+        "2.png": "a red boat at sea",
+        "more/3.jpg": "shapes on a grey ground",
+        "4.png": "a cat on a sofa",
+    }
+    return write_official_json_dataset(tmp_path / "official", captions)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory, tiny_sd15: Path, tiny_image_encoder: Path) -> Path:
+    """A finished 3-step training run of the tiny models with a checkpoint at every step (the run
+    folder ``ipa-studio train`` writes), for evaluating each saved checkpoint."""
+    from ipa_studio.cli import main
+
+    folder = tmp_path_factory.mktemp("run")
+    json_file, root = write_official_json_dataset(
+        folder, {f"{i}.png": f"shapes number {i}" for i in range(4)}, root_name="data"
+    )
+    run = folder / "run"
+    args = [
+        "train", "--data-json", str(json_file), "--data-root", str(root),
+        "--model", str(tiny_sd15), "--image-encoder", str(tiny_image_encoder), "--output", str(run),
+        "--resolution", "64", "--batch-size", "2", "--max-steps", "3", "--checkpoint-every", "1",
+        "--keep-checkpoints", "0", "--lr", "0.05", "--num-workers", "0", "--device", "cpu", "--quiet",
+    ]  # fmt: skip
+    # A large learning rate, so the three checkpoints' adapters (and scores) clearly differ.
+    assert main(args) == 0
+    return run
+
+
+@pytest.fixture
+def eval_pairs(tmp_path: Path) -> Path:
+    """Two image prompts with sidecar captions, the pairs folder of an evaluation."""
+    folder = tmp_path / "pairs"
+    folder.mkdir()
+    for seed, (name, caption) in enumerate({"cat.png": "a cat on a sofa", "boat.png": "a red boat"}.items()):
+        make_reference_image(seed + 30, (70, 56)).save(folder / name)
+        (folder / name).with_suffix(".txt").write_text(caption, encoding="utf-8")
+    return folder

@@ -7,6 +7,8 @@ Each command lives in its own module with ``register(subparsers)``, which adds i
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import sys
 from collections.abc import Sequence
 
@@ -34,6 +36,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     # A `kill` (SIGTERM) while a picture or a converted model is being written must not leave the
     # partial file behind.
     remove_temps_on_termination()
+    if os.environ.get("IPA_STUDIO_BACKGROUND") == "1" and hasattr(os, "nice"):
+        # Started by the window for background work (the Evaluate tab): the window's own thread
+        # must win the CPU over this process, or its event loop waits for a time slice.
+        with contextlib.suppress(OSError):
+            os.nice(10)
 
     try:
         return args.run(args, parser)

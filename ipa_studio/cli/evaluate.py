@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ipa_studio.core.evaluate import EvalConfig
 
 from ipa_studio.core.request import SCHEDULERS
 
@@ -27,7 +32,16 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--pairs", type=Path, required=True, help="image prompts with .txt captions or metadata.jsonl"
     )
     m.add_argument("--model", type=Path, required=True, help="SD1.5 base model (diffusers folder)")
-    m.add_argument("--adapter", type=Path, required=True, help="IP-Adapter checkpoint to evaluate")
+    which = m.add_mutually_exclusive_group(required=True)
+    which.add_argument("--adapter", type=Path, help="IP-Adapter checkpoint to evaluate")
+    which.add_argument(
+        "--checkpoints",
+        type=Path,
+        nargs="+",
+        metavar="PATH",
+        help="evaluate several: a training run folder (each saved checkpoint), checkpoint folders or "
+        "adapter files; writes one summary row per checkpoint and names the best",
+    )
     m.add_argument("--image-encoder", type=Path, required=True, help="image encoder folder (ViT-H/14)")
     m.add_argument("--clip-model", type=Path, required=True, help="CLIPModel folder (ViT-L/14 in the paper)")
     s = e.add_argument_group("generation (defaults: the paper's)")
@@ -42,10 +56,23 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--limit", type=int, default=None, help="only the first N pairs")
     o = e.add_argument_group("output")
     o.add_argument("--out", type=Path, required=True, help="CSV file (summary written next to it as .json)")
+    o.add_argument(
+        "--best-by",
+        choices=("clip-i", "clip-t"),
+        default="clip-i",
+        help="with --checkpoints: the metric that picks the best checkpoint (default clip-i, the "
+        "paper's image-prompt metric; ties go to the other metric, then the earlier step)",
+    )
     o.add_argument("--save-images", type=Path, default=None, help="also save the generated images here")
     o.add_argument("--device", default=None, help="cuda, mps or cpu (default: best available)")
     o.add_argument("--precision", choices=sorted(PRECISIONS), default=None)
     o.add_argument("--quiet", action="store_true", help="no progress bar")
+    o.add_argument(
+        "--events",
+        action="store_true",
+        help="with --checkpoints: print progress and each checkpoint's scores as JSON lines on stdout "
+        "(what the window's Evaluate tab reads)",
+    )
 
 
 def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
@@ -55,10 +82,12 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
     if args.num_images < 1:
         parser.error("--num-images must be at least 1")
+    if args.events and args.checkpoints is None:
+        parser.error("--events goes with --checkpoints")
     config = EvalConfig(
         pairs=args.pairs,
         base_model=args.model,
-        adapter=args.adapter,
+        adapter=args.adapter or Path(),
         image_encoder=args.image_encoder,
         clip_model=args.clip_model,
         out=args.out,
@@ -77,6 +106,9 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     )
     bar = tqdm(unit="pair", desc="evaluating", disable=args.quiet, file=sys.stderr)
 
+    if args.checkpoints is not None:
+        return _run_checkpoints(args, config, bar)
+
     def on_pair(index: int, total: int) -> None:
         bar.total = total
         bar.update(index - bar.n)
@@ -89,5 +121,80 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     if result.skipped:
         print(f"{len(result.skipped)} unreadable image prompt(s) skipped", file=sys.stderr)
     print(result.summary_line(config))
+    print(result.csv)
+    return 0
+
+
+def _run_checkpoints(args: argparse.Namespace, config: EvalConfig, bar: Any) -> int:
+    from ipa_studio.core.evaluate import (
+        CheckpointScore,
+        Progress,
+        best_definition,
+        evaluate_checkpoints,
+        find_checkpoints,
+    )
+
+    checkpoints = find_checkpoints(args.checkpoints)
+    best_by = args.best_by.replace("-", "_")
+    if config.out.suffix.lower() != ".csv":
+        config.out = config.out.with_suffix(".csv")
+    print(f"{len(checkpoints)} checkpoint(s): " + ", ".join(c.label for c in checkpoints), file=sys.stderr)
+
+    def event(kind: str, **fields: Any) -> None:
+        # One JSON object per line, flushed at once: a reader on the other end of a pipe sees each
+        # checkpoint's scores as soon as they exist. Floats are written exactly (repr).
+        print(json.dumps({"event": kind, **fields}), flush=True)
+
+    if args.events:
+        event(
+            "checkpoints",
+            items=[{"step": c.step, "adapter": str(c.adapter), "label": c.label} for c in checkpoints],
+        )
+
+    def on_progress(p: Progress) -> None:
+        bar.total = p.checkpoints * p.pairs
+        bar.update(p.checkpoint * p.pairs + p.pair - bar.n)
+        if args.events:
+            event(
+                "progress",
+                fraction=p.fraction,
+                checkpoint=p.checkpoint,
+                checkpoints=p.checkpoints,
+                pair=p.pair,
+                pairs=p.pairs,
+                step=p.step,
+                steps=p.steps,
+            )
+
+    def on_score(score: CheckpointScore) -> None:
+        if args.events:
+            event("score", **score.to_json())
+
+    try:
+        result = evaluate_checkpoints(
+            config, checkpoints, best_by=best_by, on_progress=on_progress, on_score=on_score
+        )
+    finally:
+        bar.close()
+    if args.events:
+        event(
+            "done",
+            best=result.scores.index(result.best),
+            best_by=best_by,
+            best_definition=best_definition(best_by),
+            csv=str(result.csv),
+            summary=str(result.summary_file),
+            skipped=len(result.skipped),
+        )
+        return 0
+    if result.skipped:
+        print(f"{len(result.skipped)} unreadable image prompt(s) skipped", file=sys.stderr)
+    for score in result.scores:
+        mark = "  <- best" if score is result.best else ""
+        print(
+            f"{score.checkpoint.label:>12}  CLIP-I {score.clip_i:.4f}  CLIP-T {score.clip_t:.4f}  "
+            f"{score.checkpoint.adapter}{mark}"
+        )
+    print(f"best: {result.best.checkpoint.label} ({best_definition(best_by)})")
     print(result.csv)
     return 0

@@ -39,7 +39,24 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--show-configs", action="store_true", help="print the paths of the bundled accelerate configs"
     )
     m = t.add_argument_group("models and data")
-    m.add_argument("--data", type=Path, help="folder of images with .txt captions or a metadata.jsonl")
+    m.add_argument(
+        "--data",
+        type=Path,
+        help="folder of images with .txt captions or a metadata.jsonl, or a .json list in the official "
+        'IP-Adapter format [{"image_file": ..., "text": ...}]',
+    )
+    m.add_argument(
+        "--data-json",
+        type=Path,
+        help="the official tutorial_train.py's --data_json_file: a JSON list of "
+        '{"image_file": ..., "text": ...} (same as --data FILE.json)',
+    )
+    m.add_argument(
+        "--data-root",
+        type=Path,
+        help="the official --data_root_path: the folder the image_file paths are relative to "
+        "(default: the JSON file's folder)",
+    )
     m.add_argument("--model", type=Path, help="SD1.5 base model (diffusers folder)")
     m.add_argument("--image-encoder", type=Path, help="image encoder folder (CLIP ViT-H/14)")
     m.add_argument("--output", type=Path, help="folder for checkpoints, logs and the final adapter")
@@ -93,6 +110,12 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         for name in CONFIG_FILES:
             print(bundled_config(name))
         return 0
+    if args.data_json is not None:
+        if args.data is not None:
+            parser.error("give the training data once: --data or --data-json, not both")
+        args.data = args.data_json
+    if args.data_root is not None and (args.data is None or args.data.suffix.lower() != ".json"):
+        parser.error("--data-root goes with a .json dataset list (--data-json FILE or --data FILE.json)")
     missing = [
         f"--{n.replace('_', '-')}"
         for n in ("data", "model", "image_encoder", "output")
@@ -129,6 +152,7 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         save_precision=args.save_precision,
         device=args.device,
         progress=not args.quiet,
+        data_root=args.data_root,
     )
     trainer = Trainer(config)
     result = trainer.run()

@@ -8,6 +8,7 @@ loader thread decodes pictures, the download thread talks to the network.
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from pathlib import Path
 
 from PySide6.QtCore import QByteArray, QFile, QPoint, QRect, Qt, QTimer, QUrl, Signal
@@ -51,6 +52,7 @@ from ipa_studio.gui.loader import ImageLoader
 from ipa_studio.gui.model_check import check_model
 from ipa_studio.gui.panels.balance import BalancePanel
 from ipa_studio.gui.panels.control import ControlPanel
+from ipa_studio.gui.panels.evaluate import EvaluatePanel
 from ipa_studio.gui.panels.gallery import GalleryPanel
 from ipa_studio.gui.panels.generate import GeneratePanel
 from ipa_studio.gui.panels.init_image import InitImagePanel
@@ -291,6 +293,19 @@ class MainWindow(QMainWindow):
         self.tabs.addTab(self.setup, "Models")
         self._show_models_tab_state()
 
+        # --- Evaluate tab: CLIP-I / CLIP-T of checkpoints, in a process of its own
+        self.evaluate_panel = EvaluatePanel(
+            self.library,
+            self.settings.models,
+            lambda: self.outputs_dir,
+            lambda: self.settings.models_path,
+            self.settings.device,
+        )
+        self.tabs.addTab(self.evaluate_panel, "Evaluate")
+        self.tabs.setTabToolTip(
+            self.tabs.indexOf(self.evaluate_panel), "Score an adapter or each checkpoint of a training run"
+        )
+
         # --- status bar
         self.device_label = QLabel("Starting the engine…")
         self.device_label.setToolTip(
@@ -396,6 +411,7 @@ class MainWindow(QMainWindow):
         self.gallery.itemClicked.connect(lambda _item: self.view_tabs.setCurrentWidget(self.result_page))
         self.control.message.connect(self.show_error)
         self.control.show_image.connect(self._show_control_map)
+        self.evaluate_panel.use_in_create.connect(self.use_adapter)
         self.gallery.current_changed.connect(self._on_gallery_selection)
         self.gallery.reuse_requested.connect(self.reuse_settings)
         self.gallery.reference_requested.connect(self.use_as_reference)
@@ -902,6 +918,16 @@ class MainWindow(QMainWindow):
     def show_error(self, text: str) -> None:
         self.banner.show_message(text, "error")
 
+    def use_adapter(self, adapter: str, image_encoder: str = "") -> None:
+        """Make ``adapter`` (e.g. a checkpoint from the Evaluate tab) the Create tab's adapter, with
+        the image encoder it was evaluated with; the base model and everything else stay."""
+        models = replace(self.state.models, adapter=adapter)
+        if image_encoder:
+            models = replace(models, image_encoder=image_encoder)
+        self.state.set_models(models)
+        self.tabs.setCurrentIndex(CREATE_TAB)
+        self.show_note(f"The adapter is now {Path(adapter).parent.name}/{Path(adapter).name}.")
+
     def show_note(self, text: str) -> None:
         self.banner.show_message(text, "note")
 
@@ -1033,6 +1059,7 @@ class MainWindow(QMainWindow):
         self._memory_timer.stop()
         self.save_settings()
         self.worker.stop()
+        self.evaluate_panel.shutdown()
         self.setup.shutdown()
         self.control.shutdown()
         self.library.stop()

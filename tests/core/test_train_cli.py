@@ -63,6 +63,43 @@ def test_cli_train_needs_its_folders(capsys):
     assert "--model, --image-encoder, --output" in capsys.readouterr().err
 
 
+def test_cli_trains_on_the_official_json_dataset(
+    tiny_sd15, tiny_image_encoder, official_json_dataset, tmp_path, capsys
+):
+    """tutorial_train.py's --data_json_file / --data_root_path, as --data-json / --data-root; the
+    images sit in a root folder apart from the JSON file."""
+    json_file, root = official_json_dataset
+    out = tmp_path / "run"
+    args = [
+        "train",
+        "--data-json", str(json_file),
+        "--data-root", str(root),
+        "--model", str(tiny_sd15),
+        "--image-encoder", str(tiny_image_encoder),
+        "--output", str(out),
+        "--resolution", "64",
+        "--batch-size", "2",
+        "--max-steps", "1",
+        "--num-workers", "0",
+        "--device", "cpu",
+        "--quiet",
+    ]  # fmt: skip
+    assert main(args) == 0
+    assert capsys.readouterr().out.split()[0] == str(out / "ip-adapter.safetensors")
+    assert read_checkpoint(out / "ip-adapter.safetensors").variant == "global"
+    config = json.loads((out / "train_config.json").read_text())
+    assert config["data"] == str(json_file) and config["data_root"] == str(root)
+
+
+def test_cli_data_root_needs_a_json_dataset(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--data", str(tmp_path), "--data-root", str(tmp_path)])
+    assert "--data-root goes with a .json dataset list" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["train", "--data", str(tmp_path), "--data-json", str(tmp_path / "d.json")])
+    assert "--data or --data-json, not both" in capsys.readouterr().err
+
+
 def test_bundled_launch_configs(capsys):
     assert main(["train", "--show-configs"]) == 0
     paths = [Path(p) for p in capsys.readouterr().out.split()]

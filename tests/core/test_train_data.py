@@ -20,6 +20,8 @@ from ipa_studio.core.train.data import (
     collate,
     resize_center_crop,
     scan_captioned_folder,
+    scan_dataset,
+    scan_json_list,
 )
 
 
@@ -159,3 +161,124 @@ def test_epoch_batches_are_disjoint_across_processes_and_replayable():
 
     with pytest.raises(DatasetError, match="fewer than one batch"):
         EpochBatchSampler(5, 3, seed=0, rank=0, world=2)
+
+
+# --- the official IP-Adapter repository's JSON dataset (tutorial_train.py) --------------------------
+
+
+def _official_reader(json_file: Path, root: Path) -> list[tuple[str, tuple[int, int]]]:
+    """The reading lines of tutorial_train.py's ``MyDataset`` (tencent-ailab/IP-Adapter): the
+    independent reader that must accept the fixture before ours is tested."""
+    import os
+
+    data = json.load(open(json_file))  # noqa: SIM115 - as the official script does
+    out = []
+    for item in data:
+        text = item["text"]
+        raw_image = Image.open(os.path.join(root, item["image_file"]))
+        out.append((text, raw_image.convert("RGB").size))
+    return out
+
+
+def test_official_json_dataset_is_read_like_the_official_script(official_json_dataset):
+    json_file, root = official_json_dataset
+    official = _official_reader(json_file, root)
+    assert [t for t, _ in official] == [
+        "A dog",
+        "a red boat at sea",
+        "shapes on a grey ground",
+        "a cat on a sofa",
+    ]
+
+    scan = scan_dataset(json_file, root)
+    assert [(i.caption, Image.open(i.path).size) for i in scan.items] == official
+    assert [i.path for i in scan.items] == [
+        root / "1.png",
+        root / "2.png",
+        root / "more/3.jpg",
+        root / "4.png",
+    ]
+    assert scan.unreadable == [] and scan.missing_captions == 0
+    assert "4 images with captions from 'data.json'" in scan.describe()
+
+
+def test_official_json_root_defaults_to_the_json_folder(tmp_path):
+    from tests.conftest import write_official_json_dataset
+
+    json_file, root = write_official_json_dataset(tmp_path, {"a.png": "x", "b.png": "y"}, root_name=".")
+    assert root.resolve() == json_file.parent.resolve()
+    assert [i.caption for i in scan_dataset(json_file).items] == ["x", "y"]
+
+
+def test_official_json_missing_and_broken_images_are_counted_with_examples(official_json_dataset):
+    json_file, root = official_json_dataset
+    (root / "2.png").unlink()
+    (root / "4.png").write_bytes(b"not a picture")
+    scan = scan_json_list(json_file, root)
+    assert [i.caption for i in scan.items] == ["A dog", "shapes on a grey ground"]
+    assert [(p.name, reason) for p, reason in scan.unreadable][0] == ("2.png", "no such file")
+    assert scan.unreadable[1][0].name == "4.png"
+    text = scan.describe()
+    assert "2 unreadable file(s) skipped" in text and "'2.png': no such file" in text and "'4.png'" in text
+
+
+def test_official_json_with_the_wrong_root_says_so(official_json_dataset, tmp_path):
+    json_file, _ = official_json_dataset
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    with pytest.raises(DatasetError) as err:
+        scan_json_list(json_file, elsewhere)
+    message = str(err.value)
+    assert "4 of the 4 images it lists are not under the root folder" in message
+    assert "'1.png': no such file" in message and "--data-root" in message
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        (
+            '[{"image_file": "1.png", "text": "A dog"},]',
+            "not valid JSON: Expecting value at line 1, column 43",
+        ),
+        (
+            '{"image_file": "1.png", "text": "A dog"}',
+            "holds an object; the official IP-Adapter format is a list",
+        ),
+        ("[]", "is an empty list"),
+        (
+            '[{"file_name": "1.png", "text": "a"}, {"file_name": "2.png", "text": "b"}]',
+            "2 of the 2 entries of",
+        ),
+        ('[{"image_file": "1.png"}, {"image_file": 3, "text": "b"}, "x"]', "3 of the 3 entries"),
+    ],
+)
+def test_malformed_official_json_is_refused_with_counts_and_examples(tmp_path, content, expected):
+    (tmp_path / "1.png").write_bytes(b"")
+    json_file = tmp_path / "data.json"
+    json_file.write_text(content, encoding="utf-8")
+    with pytest.raises(DatasetError) as err:
+        scan_dataset(json_file)
+    assert expected in str(err.value)
+
+
+def test_wrong_official_json_fields_are_named(tmp_path):
+    json_file = tmp_path / "data.json"
+    entries = [{"file_name": f"{i}.png", "text": "a"} for i in range(5)]
+    json_file.write_text(json.dumps(entries), encoding="utf-8")
+    with pytest.raises(DatasetError) as err:
+        scan_dataset(json_file)
+    message = str(err.value)
+    assert 'entry 1 has no "image_file" (it has "file_name", "text")' in message
+    assert "and 2 more" in message and "metadata.jsonl" in message
+
+    json_file.write_text('[{"image_file": "1.png"}, {"image_file": 3, "text": "b"}, "x"]', encoding="utf-8")
+    message = str(pytest.raises(DatasetError, scan_dataset, json_file).value)
+    assert 'entry 1 "1.png" has no "text"' in message
+    assert 'entry 2 "image_file" is not a file name' in message and "entry 3 is str, not an object" in message
+
+
+def test_a_root_folder_needs_a_json_dataset(tmp_path):
+    with pytest.raises(DatasetError, match="goes with a .json dataset list"):
+        scan_dataset(tmp_path, tmp_path)
+    with pytest.raises(DatasetError, match="does not exist"):
+        scan_dataset(tmp_path / "nothing.json")

@@ -11,7 +11,6 @@ import csv
 import io
 import json
 import os
-import tempfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -21,8 +20,9 @@ import torch
 from PIL import Image
 
 from ipa_studio.core.errors import IPAStudioError
+from ipa_studio.core.files import temporary
 from ipa_studio.core.images import load_image
-from ipa_studio.core.train.data import scan_captioned_folder
+from ipa_studio.core.train.data import scan_dataset
 
 from .metrics import CLIPSCORE_WEIGHT, ClipScorer, clip_i, clip_t, cosine
 
@@ -45,7 +45,8 @@ Generate = Callable[[Image.Image, str, int], list[Image.Image]]
 @dataclass
 class EvalConfig:
     pairs: Path
-    """A folder of image prompts with captions (sidecar .txt or metadata.jsonl), as for training."""
+    """Image prompts with captions, as for training: a folder (sidecar .txt or metadata.jsonl) or an
+    official-format .json list (paths relative to its folder)."""
     base_model: Path
     adapter: Path
     image_encoder: Path
@@ -94,12 +95,21 @@ class EvalResult:
         return line
 
 
-def _engine_generator(config: EvalConfig) -> Generate:
+def _engine_generator(
+    config: EvalConfig,
+    *,
+    engine: Any = None,
+    on_step: Callable[[Any], None] | None = None,
+    should_cancel: Callable[[], bool] | None = None,
+) -> Generate:
+    """Generation on ``engine`` (made from the config when None; reused across checkpoints, so the
+    base model and encoders are read once and only the adapter changes)."""
     from ipa_studio.core.engine import Engine
     from ipa_studio.core.request import GenerationRequest, ModelSpec, Reference
 
-    dtype = getattr(torch, config.dtype) if config.dtype else None
-    engine = Engine(device=config.device, dtype=dtype)
+    if engine is None:
+        dtype = getattr(torch, config.dtype) if config.dtype else None
+        engine = Engine(device=config.device, dtype=dtype)
     template = GenerationRequest(
         models=ModelSpec(config.base_model, config.adapter, config.image_encoder),
         scale=config.scale,
@@ -113,21 +123,18 @@ def _engine_generator(config: EvalConfig) -> Generate:
 
     def generate(reference: Image.Image, prompt: str, seed: int) -> list[Image.Image]:
         request = template.replace(references=(Reference(reference),), prompt=prompt, seed=seed)
-        return engine.generate(request).images
+        return engine.generate(request, on_step=on_step, should_cancel=should_cancel).images
 
     generate.engine = engine  # type: ignore[attr-defined]
     return generate
 
 
 def _write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
+    # The project's temporary name: removed even when the process is terminated mid-write.
+    with temporary(path) as tmp:
+        with tmp.open("w", encoding="utf-8", newline="") as f:
             f.write(text)
         os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def evaluate(
@@ -149,7 +156,7 @@ def evaluate(
         raise IPAStudioError("The results file is a CSV; the summary is written next to it as .json.")
     if not out.parent.is_dir():
         raise IPAStudioError(f"The output folder '{out.parent}' does not exist.")
-    scan = scan_captioned_folder(config.pairs)
+    scan = scan_dataset(config.pairs)
     items = scan.items[: config.limit] if config.limit else scan.items
     skipped = [str(p) for p, _ in scan.unreadable]
     if generate is None:

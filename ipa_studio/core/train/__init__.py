@@ -11,6 +11,8 @@ from .data import (
     FolderScan,
     resize_center_crop,
     scan_captioned_folder,
+    scan_dataset,
+    scan_json_list,
 )
 from .recipe import (
     AdapterTrainingModel,
@@ -49,5 +51,7 @@ __all__ = [
     "resize_center_crop",
     "sample_drops",
     "scan_captioned_folder",
+    "scan_dataset",
+    "scan_json_list",
     "training_loss",
 ]

@@ -1,6 +1,10 @@
 """Training data: a folder of images with captions, read the way the paper's recipe wants it.
 
-Captions come from a ``metadata.jsonl`` at the top of the folder (one ``{"file_name": ..., "text": ...}``
+Three layouts are read. The official IP-Adapter repository's ``tutorial_train.py`` (github
+tencent-ailab/IP-Adapter) takes ``--data_json_file``, a JSON file holding a list of
+``{"image_file": "1.png", "text": "A dog"}`` objects, and ``--data_root_path``, the folder the image
+paths are joined to (``os.path.join(root, image_file)``): ``scan_json_list`` reads that. Otherwise
+captions come from a ``metadata.jsonl`` at the top of the folder (one ``{"file_name": ..., "text": ...}``
 object per line, the Hugging Face ``imagefolder`` convention; ``"caption"`` is accepted for ``"text"``)
 or, without one, from a sidecar ``.txt`` next to each image (``cat.png`` + ``cat.txt``).
 
@@ -53,10 +57,16 @@ class FolderScan:
     def describe(self) -> str:
         text = f"{len(self.items)} images with captions from {self.source} in '{self.folder}'"
         if self.unreadable:
-            text += f"; {len(self.unreadable)} unreadable file(s) skipped"
+            text += f"; {len(self.unreadable)} unreadable file(s) skipped ({self.examples()})"
         if self.missing_captions:
             text += f"; {self.missing_captions} image(s) without a caption train with an empty one"
         return text
+
+    def examples(self, limit: int = 3) -> str:
+        """A few of the skipped files with their reasons, for messages ("e.g. 'a.png': no such file")."""
+        shown = "; ".join(f"'{path.name}': {reason}" for path, reason in self.unreadable[:limit])
+        more = len(self.unreadable) - limit
+        return "e.g. " + shown + (f"; and {more} more" if more > 0 else "")
 
 
 def _header_problem(path: Path) -> str | None:
@@ -136,6 +146,107 @@ def scan_captioned_folder(folder: str | Path, *, check_headers: bool = True) -> 
             '{"file_name": "cat.png", "text": "a cat"} per line.'
         )
     return scan
+
+
+JSON_FORMAT = '[{"image_file": "1.png", "text": "A dog"}, ...]'
+
+
+def _entry_problem(entry: object) -> str | None:
+    if not isinstance(entry, dict):
+        return f"is {type(entry).__name__ if entry is not None else 'null'}, not an object"
+    if "image_file" not in entry:
+        keys = ", ".join(f'"{k}"' for k in list(entry)[:4]) or "no keys"
+        return f'has no "image_file" (it has {keys})'
+    if not isinstance(entry["image_file"], str) or not entry["image_file"].strip():
+        return '"image_file" is not a file name'
+    if "text" not in entry:
+        return f'"{entry["image_file"]}" has no "text"'
+    if not isinstance(entry["text"], str):
+        return f'the "text" of "{entry["image_file"]}" is not a string'
+    return None
+
+
+def scan_json_list(
+    json_file: str | Path, root: str | Path | None = None, *, check_headers: bool = True
+) -> FolderScan:
+    """The official IP-Adapter training data: a JSON list of ``{"image_file", "text"}`` objects whose
+    image paths are relative to ``root`` (default: the JSON file's folder).
+
+    A malformed file or entry stops with the count and a few examples of what is wrong (a dataset
+    with the wrong keys is a mistake to fix, not files to skip); a listed image that is missing or
+    unreadable is skipped and counted, like the unreadable files of a folder.
+    """
+    json_file = Path(json_file)
+    root = Path(root) if root is not None else json_file.parent
+    if not json_file.is_file():
+        raise DatasetError(f"The dataset file '{json_file}' does not exist.")
+    if not root.is_dir():
+        raise DatasetError(f"The image root folder '{root}' of '{json_file.name}' does not exist.")
+    try:
+        data = json.loads(json_file.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise DatasetError(f"'{json_file}' is not a text file, so not a JSON dataset list.") from None
+    except json.JSONDecodeError as exc:
+        raise DatasetError(
+            f"'{json_file}' is not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}."
+        ) from None
+    if not isinstance(data, list):
+        what = "an object" if isinstance(data, dict) else type(data).__name__
+        raise DatasetError(
+            f"'{json_file}' holds {what}; the official IP-Adapter format is a list of images with "
+            f"captions: {JSON_FORMAT}."
+        )
+    problems = [(i, p) for i, entry in enumerate(data) if (p := _entry_problem(entry)) is not None]
+    if problems:
+        shown = "; ".join(f"entry {i + 1} {p}" for i, p in problems[:3])
+        more = f"; and {len(problems) - 3} more" if len(problems) > 3 else ""
+        hint = ""
+        if any('"file_name"' in p for _, p in problems):
+            hint = (
+                f' Entries with "file_name" belong in a {METADATA_FILE} (one per line) inside the image '
+                "folder; pass that folder instead."
+            )
+        raise DatasetError(
+            f"{len(problems)} of the {len(data)} entries of '{json_file}' are not in the official "
+            f"IP-Adapter format {JSON_FORMAT}: {shown}{more}.{hint}"
+        )
+    scan = FolderScan(root, [], source=f"'{json_file.name}'")
+    for entry in data:
+        path = root / entry["image_file"]
+        if not path.is_file():
+            scan.unreadable.append((path, "no such file"))
+            continue
+        problem = _header_problem(path) if check_headers else None
+        if problem:
+            scan.unreadable.append((path, problem))
+            continue
+        scan.items.append(CaptionedImage(path, entry["text"].strip()))
+    if not scan.items:
+        if not data:
+            raise DatasetError(f"'{json_file}' is an empty list: it names no images to train on.")
+        missing = sum(1 for _, reason in scan.unreadable if reason == "no such file")
+        where = (
+            f"{missing} of the {len(data)} images it lists are not under the root folder '{root}' "
+            f"({scan.examples()}). Is the root folder (--data-root) right?"
+            if missing
+            else f"none of its {len(data)} images could be read ({scan.examples()})."
+        )
+        raise DatasetError(f"'{json_file}' gives nothing to train on: {where}")
+    return scan
+
+
+def scan_dataset(
+    data: str | Path, root: str | Path | None = None, *, check_headers: bool = True
+) -> FolderScan:
+    """A folder (sidecar captions or metadata.jsonl) or an official-format ``.json`` list."""
+    data = Path(data)
+    if data.suffix.lower() == ".json" and not data.is_dir():
+        return scan_json_list(data, root, check_headers=check_headers)
+    if root is not None:
+        raise DatasetError(
+            f"An image root folder goes with a .json dataset list; '{data}' is not a .json file."
+        )
+    return scan_captioned_folder(data, check_headers=check_headers)
 
 
 def resize_center_crop(image: Image.Image, size: int) -> Image.Image:

@@ -31,7 +31,7 @@ import torch
 from ipa_studio.core.adapter import IPAdapter, read_checkpoint
 from ipa_studio.core.adapter.checkpoint import save_checkpoint
 
-from .data import CaptionedImageDataset, EpochBatchSampler, collate, scan_captioned_folder
+from .data import CaptionedImageDataset, EpochBatchSampler, collate, scan_dataset
 from .recipe import (
     AdapterTrainingModel,
     DropRates,
@@ -53,6 +53,7 @@ class TrainConfig:
     """Everything a run needs. Defaults are the paper's (§4.1.2) except the step count."""
 
     data: Path
+    """A folder of captioned images, or a .json list in the official IP-Adapter format."""
     base_model: Path
     image_encoder: Path
     output: Path
@@ -83,6 +84,8 @@ class TrainConfig:
     device: str | None = None
     """"cpu" forces the CPU; otherwise accelerate's choice (the local GPU of each process)."""
     progress: bool = True
+    data_root: Path | None = None
+    """The folder the ``image_file`` paths of a .json dataset are relative to (default: its folder)."""
 
     def check(self) -> None:
         if self.variant not in VARIANTS:
@@ -189,7 +192,7 @@ class Trainer:
         if acc.is_main_process:
             self.output.mkdir(parents=True, exist_ok=True)
 
-        self.scan = scan_captioned_folder(config.data)
+        self.scan = scan_dataset(config.data, config.data_root)
         self.log(self.scan.describe())
 
         if frozen is None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from PySide6.QtCore import Qt
-from PySide6.QtWidgets import QLayout, QWidget
+from PySide6.QtWidgets import QAbstractItemView, QLayout, QWidget
 
 
 def reading_order(root: QWidget) -> list[QWidget]:
@@ -37,6 +37,11 @@ def _tabbable(widget: QWidget) -> bool:
 
 def _walk_widget(widget: QWidget) -> Iterator[QWidget]:
     yield widget
+    if isinstance(widget, QAbstractItemView):
+        # A list or table is one Tab stop; its headers, viewport and corner button are its own.
+        # Chaining a table's private corner button into the order crashed Qt (QTableView's
+        # updateGeometries on the next layout pass).
+        return
     layout = widget.layout()
     seen: set[int] = set()
     if layout is not None:
