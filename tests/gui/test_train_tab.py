@@ -132,7 +132,8 @@ def test_a_short_run_draws_curves_and_a_growing_sample_grid_without_stalling(win
     run = panel.run.folder
     assert panel.status.text().startswith("Finished at step 6.")
     assert str(run / "ip-adapter.safetensors") in panel.status.text()
-    for name in ("curves.png", "train_config.json", "environment.json", "train.log", "ip-adapter.safetensors"):
+    names = ("curves.png", "train_config.json", "environment.json", "train.log", "ip-adapter.safetensors")
+    for name in names:
         assert (run / name).is_file(), name
     assert sorted(p.name for p in (run / "samples").iterdir()) == [
         "references",
