@@ -83,8 +83,8 @@ def test_the_folder_check_counts_pictures_captions_and_unreadable_files(window, 
     assert not panel.start_button.isEnabled()
     text = choose_folder(panel, qtbot, dataset)
     assert text.startswith("10 pictures · 9 with a caption (from sidecar .txt files).")
-    assert "1 without a caption train with an empty one" in text
-    assert "1 unreadable file(s) will be skipped: broken.png (" in text
+    assert "1 without a caption trains with an empty one" in text
+    assert "1 unreadable file(s) will be skipped: broken.png (cannot identify image file)." in text
     assert panel.scan_label.text() == text and panel.start_button.isEnabled()
 
     missing = choose_folder(panel, qtbot, dataset / "nope")

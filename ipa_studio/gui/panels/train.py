@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from PySide6.QtCore import QProcess, QSize, Qt, QThread, Signal
+from PySide6.QtCore import QProcess, QSize, Qt, QThread, QTimer, Signal
 from PySide6.QtGui import QImage, QPixmap
 from PySide6.QtWidgets import (
     QFormLayout,
@@ -76,12 +76,25 @@ def scan_summary(scan: Any) -> str:
     parts = [f"{images} picture{'s' if images != 1 else ''}", f"{captions} with a caption"]
     text = " · ".join(parts) + f" (from {scan.source})"
     if scan.missing_captions:
-        text += f". {scan.missing_captions} without a caption train with an empty one"
+        verb = "trains" if scan.missing_captions == 1 else "train"
+        text += f". {scan.missing_captions} without a caption {verb} with an empty one"
     if scan.unreadable:
-        examples = ", ".join(f"{Path(p).name} ({why})" for p, why in scan.unreadable[:EXAMPLES])
+        examples = ", ".join(
+            f"{Path(p).name} ({_short_reason(p, why)})" for p, why in scan.unreadable[:EXAMPLES]
+        )
         more = f" and {len(scan.unreadable) - EXAMPLES} more" if len(scan.unreadable) > EXAMPLES else ""
         text += f". {len(scan.unreadable)} unreadable file(s) will be skipped: {examples}{more}"
     return text + "."
+
+
+def _short_reason(path: Any, why: str) -> str:
+    """The reason without the exception's class and the path the line already names."""
+    head, _, rest = why.partition(": ")
+    if rest and head.isidentifier():
+        why = rest
+    for form in (f"'{path}'", f'"{path}"', str(path)):
+        why = why.replace(form, "").strip()
+    return why.rstrip(" :") or "unreadable"
 
 
 class _ScanThread(QThread):
@@ -601,8 +614,9 @@ class TrainPanel(QWidget):
             )
         elif kind == "sample":
             self.samples.add_row(f"step {int(event['step']):,}", list(event["paths"]))
+            # The newest row in view, once the layout has made room for it.
             bar = self.samples_scroll.verticalScrollBar()
-            bar.setValue(bar.maximum())
+            QTimer.singleShot(50, bar, lambda: bar.setValue(bar.maximum()))
         elif kind == "checkpoint":
             self._say(f"Checkpoint at step {int(event['step']):,}: {event['path']}")
         elif kind == "paused":
