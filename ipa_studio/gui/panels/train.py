@@ -244,7 +244,7 @@ class TrainPanel(QWidget):
     # ------------------------------------------------------------------ building
     def _build(self) -> None:
         column = QWidget()
-        column.setObjectName("controlColumn")
+        column.setObjectName("trainColumn")
         col = QVBoxLayout(column)
         col.setContentsMargins(10, 10, 10, 10)
         col.setSpacing(10)
@@ -330,7 +330,7 @@ class TrainPanel(QWidget):
         )
         self.stop_button.setToolTip("Ends the run at this step with a checkpoint and the adapter files")
         left = QWidget()
-        left.setObjectName("leftPane")
+        left.setObjectName("trainLeftPane")
         left_layout = QVBoxLayout(left)
         left_layout.setContentsMargins(0, 0, 0, 0)
         left_layout.setSpacing(0)
@@ -338,7 +338,7 @@ class TrainPanel(QWidget):
         left_layout.addLayout(buttons)
 
         right = QWidget()
-        right.setObjectName("rightPane")
+        right.setObjectName("trainRightPane")
         rl = QVBoxLayout(right)
         rl.setContentsMargins(10, 10, 10, 10)
         rl.setSpacing(8)
