@@ -269,6 +269,10 @@ def test_smoothing_and_ticks():
     assert 0.4 < values[-1] < 0.6 and max(values[10:]) - min(values[10:]) < 0.2
     assert nice_ticks(0.0, 1.0) == pytest.approx([0.0, 0.2, 0.4, 0.6, 0.8, 1.0])
     assert nice_ticks(1, 1000)[-1] == 1000
+    from ipa_studio.core.train.curves import tick_text
+
+    labels = [tick_text(v) for v in nice_ticks(0.95e-4, 1.05e-4)]
+    assert len(set(labels)) == len(labels) > 2, labels  # a near-constant rate still reads apart
 
 
 def test_curves_png_shows_both_loss_lines_and_the_rate(tmp_path):

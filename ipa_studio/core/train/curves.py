@@ -53,7 +53,8 @@ def tick_text(value: float) -> str:
     if value == 0:
         return "0"
     if abs(value) < 1e-3 or abs(value) >= 1e5:
-        return f"{value:.0e}"
+        # Three digits: the ticks of a nearly constant learning rate differ only there.
+        return f"{value:.2e}"
     return f"{value:g}"
 
 
