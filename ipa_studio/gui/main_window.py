@@ -62,6 +62,7 @@ from ipa_studio.gui.panels.references import ReferencesPanel
 from ipa_studio.gui.panels.settings import SettingsPanel
 from ipa_studio.gui.panels.setup import SetupPanel
 from ipa_studio.gui.panels.sweep import SweepPage, parse_lambdas
+from ipa_studio.gui.panels.train import TrainPanel
 from ipa_studio.gui.state import ViewState
 from ipa_studio.gui.sweep_job import CellView, SweepOutcome
 from ipa_studio.gui.widgets.banner import Banner
@@ -74,7 +75,7 @@ from ipa_studio.gui.worker import EngineFactory, GenerationWorker, SavedImage, d
 
 log = logging.getLogger("ipa_studio.gui")
 
-CREATE_TAB, MODELS_TAB = 0, 1
+CREATE_TAB, MODELS_TAB, TRAIN_TAB = 0, 1, 2
 DEFAULT_SIZE = (1400, 900)
 BANNER_MAX_WIDTH = 760
 EMPTY_TEXT = "Your pictures appear here.\n\nAdd a reference image on the left, then press Generate."
@@ -293,6 +294,16 @@ class MainWindow(QMainWindow):
         self.tabs.addTab(self.setup, "Models")
         self._show_models_tab_state()
 
+        # --- Train tab: the run is a separate process, the window only reads its events
+        self.train = TrainPanel(
+            self.library,
+            self.loader,
+            lambda: self.outputs_dir / "training",
+            device=self.settings.device,
+            models=self.state.models,
+        )
+        self.tabs.addTab(self.train, "Train")
+        self.tabs.setTabToolTip(TRAIN_TAB, "Train your own IP-Adapter on a folder of captioned pictures")
         # --- Evaluate tab: CLIP-I / CLIP-T of checkpoints, in a process of its own
         self.evaluate_panel = EvaluatePanel(
             self.library,
@@ -490,6 +501,7 @@ class MainWindow(QMainWindow):
             self._show_models_tab_state()
             self.save_settings()
             self._preload()
+            self.train.set_default_models(self.state.models)
         if name in ("references", "controls", "mode"):
             self._order_tabs()  # the panels have rebuilt their cards by now (connected first)
         if name in ("references", "prompt"):
@@ -1060,14 +1072,32 @@ class MainWindow(QMainWindow):
         self.save_settings()
         self.worker.stop()
         self.evaluate_panel.shutdown()
+        self.train.shutdown()
         self.setup.shutdown()
         self.control.shutdown()
         self.library.stop()
         self.loader.wait()
 
     def confirm_close(self) -> bool:
-        """While pictures are being made, ask before closing: closing cancels them unsaved."""
-        if not self._jobs or self._closed:
+        """While pictures are being made, ask before closing: closing cancels them unsaved. While a
+        training runs, ask too: closing stops it (with a checkpoint to continue from)."""
+        if self._closed:
+            return True
+        if self.train.running():
+            box = QMessageBox(
+                QMessageBox.Icon.Question,
+                "Close IPA Studio?",
+                "A training run is going on. Closing stops it after the current step; a checkpoint "
+                "and the adapter so far are saved in its run folder.",
+                parent=self,
+            )
+            close = box.addButton("Stop training and close", QMessageBox.ButtonRole.DestructiveRole)
+            box.addButton("Keep training", QMessageBox.ButtonRole.RejectRole)
+            box.setDefaultButton(box.buttons()[-1])
+            box.exec()
+            if box.clickedButton() is not close:
+                return False
+        if not self._jobs:
             return True
         queued = len(self._jobs) - 1
         more = f" and {queued} more queued" if queued else ""

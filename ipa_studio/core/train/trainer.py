@@ -3,8 +3,10 @@
 Layout of the output folder::
 
     train_config.json            the settings of the run
+    environment.json             the versions of Python, torch, diffusers, transformers, IPA Studio
     train_log.jsonl              one line per optimizer step: step, loss, images/s
     skipped_images.txt           files that could not be read (when there were any)
+    samples/                     previews of held-out references (``sample_every``), one folder a step
     checkpoints/step-0001000/    accelerate state (adapter, optimizer, scaler, RNG) + training_state.json
                                  + <name>.safetensors, the adapter at that step in the official layout
     <name>.safetensors, <name>.bin   the final adapter in the official layout
@@ -86,6 +88,12 @@ class TrainConfig:
     progress: bool = True
     data_root: Path | None = None
     """The folder the ``image_file`` paths of a .json dataset are relative to (default: its folder)."""
+    sample_every: int = 0
+    """Steps between sample previews; 0 = none (and no image is held out of the data)."""
+    sample_count: int = 4
+    """References taken out of the data at the start to preview the adapter on."""
+    sample_steps: int = 20
+    sample_guidance: float = 7.5
 
     def check(self) -> None:
         if self.variant not in VARIANTS:
@@ -101,10 +109,32 @@ class TrainConfig:
                 raise TrainingError(f"{name.replace('_', ' ').capitalize()} must be at least 1.")
         if not (self.learning_rate > 0 and self.weight_decay >= 0):
             raise TrainingError("The learning rate must be above 0 and the weight decay 0 or more.")
+        if self.sample_every < 0 or (self.sample_every and not 1 <= self.sample_count <= 16):
+            raise TrainingError("Sample previews need an interval of 0 or more steps and 1 to 16 references.")
+        if self.sample_every and self.sample_steps < 1:
+            raise TrainingError("Sample previews need at least 1 denoising step.")
 
     def to_json(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
         return {k: (str(v) if isinstance(v, Path) else v) for k, v in out.items()}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> TrainConfig:
+        """The inverse of ``to_json`` (unknown keys refused, so a typo is not silently ignored)."""
+        names = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - set(names))
+        if unknown:
+            raise TrainingError(f"Unknown training setting(s): {', '.join(unknown)}.")
+        values = dict(data)
+        for key in ("data", "base_model", "image_encoder", "output", "init_adapter"):
+            if values.get(key) is not None:
+                values[key] = Path(values[key])
+        if isinstance(values.get("drop"), dict):
+            values["drop"] = DropRates(**values["drop"])
+        try:
+            return cls(**values)
+        except TypeError as exc:
+            raise TrainingError(f"The training settings are incomplete: {exc}.") from None
 
 
 @dataclass
@@ -146,6 +176,7 @@ class StepLog:
     step: int
     loss: float
     images_per_second: float
+    learning_rate: float = 0.0
 
 
 def _weight_dtype(mixed_precision: str) -> torch.dtype:
@@ -194,6 +225,12 @@ class Trainer:
 
         self.scan = scan_dataset(config.data, config.data_root)
         self.log(self.scan.describe())
+        self.held_out = hold_out(self.scan.items, config) if config.sample_every else []
+        if self.held_out:
+            # Previews of pictures the adapter trains on would flatter it: these never reach it.
+            kept = set(self.held_out)
+            self.scan.items = [item for item in self.scan.items if item not in kept]
+            self.log(f"{len(self.held_out)} image(s) held out of training for the sample previews")
 
         if frozen is None:
             frozen = FrozenModels.load(config.base_model, config.image_encoder, acc.device, self.weight_dtype)
@@ -256,6 +293,8 @@ class Trainer:
             pin_memory=acc.device.type == "cuda",
         )
         self.state = TrainingState()
+        self._samples: Any = None
+        self._saved_step = -1
         resume = self._resume_folder()
         if resume is not None:
             self.load_checkpoint(resume)
@@ -299,6 +338,8 @@ class Trainer:
     def save_checkpoint(self) -> Path:
         acc = self.accelerator
         folder = self.output / "checkpoints" / f"{CHECKPOINT_PREFIX}{self.state.step:07d}"
+        if (folder / STATE_FILE).is_file() and self._saved_step == self.state.step:
+            return folder  # saved at this very step already (a pause), nothing has changed since
         acc.wait_for_everyone()
         acc.save_state(str(folder))
         if acc.is_main_process:
@@ -310,6 +351,7 @@ class Trainer:
                 for old in checkpoint_folders(self.output)[:-keep]:
                     shutil.rmtree(old, ignore_errors=True)
         acc.wait_for_everyone()
+        self._saved_step = self.state.step
         return folder
 
     def load_checkpoint(self, folder: Path) -> None:
@@ -324,15 +366,72 @@ class Trainer:
         self.log(f"resumed from '{folder}' at step {self.state.step}")
 
     # ------------------------------------------------------------------ training
-    def run(self, on_step: Callable[[StepLog], None] | None = None) -> TrainResult:
+    def prepare_samples(self) -> list[Path]:
+        """Encode the held-out references and write their crops (``samples/references``); returns
+        the crops' paths. Done by the first preview when not called before."""
+        from .samples import SampleMaker
+
+        if not self.held_out or not self.accelerator.is_main_process:
+            return []
+        if self._samples is None:
+            self._samples = SampleMaker(
+                self.frozen,
+                self.installed,
+                self.held_out,
+                self.output / "samples",
+                seed=self.config.seed,
+                steps=self.config.sample_steps,
+                guidance=self.config.sample_guidance,
+                resolution=self.config.resolution,
+                autocast=self.accelerator.autocast,
+            )
+        return self._samples.references
+
+    def make_samples(self) -> list[Path]:
+        """Previews of the held-out references with the adapter as it is now (main process only)."""
+        if not self.prepare_samples():
+            return []
+        was_training = self.adapter.training
+        self.adapter.eval()
+        try:
+            return self._samples.make(self.state.step)
+        finally:
+            self.adapter.train(was_training)
+
+    def run(
+        self,
+        on_step: Callable[[StepLog], bool | None] | None = None,
+        *,
+        on_checkpoint: Callable[[int, Path], None] | None = None,
+        on_samples: Callable[[int, list[Path]], None] | None = None,
+    ) -> TrainResult:
+        """Train to ``max_steps``. ``on_step`` returning True stops early: the run then ends as if
+        ``max_steps`` were the current step (a checkpoint to resume from and the adapter files)."""
         from tqdm import tqdm
 
         acc, cfg, state = self.accelerator, self.config, self.state
         started = time.perf_counter()
+        stop = False
         if acc.is_main_process:
             (self.output / "train_config.json").write_text(
                 json.dumps(cfg.to_json(), indent=2) + "\n", encoding="utf-8"
             )
+            (self.output / "environment.json").write_text(
+                json.dumps(environment_versions(), indent=2) + "\n", encoding="utf-8"
+            )
+
+        def checkpoint() -> None:
+            folder = self.save_checkpoint()
+            if on_checkpoint is not None and acc.is_main_process:
+                on_checkpoint(state.step, folder)
+
+        def samples() -> None:
+            paths = self.make_samples()
+            if paths and on_samples is not None:
+                on_samples(state.step, paths)
+
+        if cfg.sample_every and state.step == 0:
+            samples()  # the starting point, to compare every later row with
         log_path = self.output / "train_log.jsonl"
         bar = tqdm(
             total=cfg.max_steps,
@@ -393,12 +492,19 @@ class Trainer:
                                 + "\n"
                             )
                     if on_step is not None:
-                        on_step(StepLog(state.step, last_loss, speed))
-                    if state.step % cfg.checkpoint_every == 0 and state.step < cfg.max_steps:
-                        self.save_checkpoint()
-                    if state.step >= cfg.max_steps:
+                        lr = float(self.optimizer.param_groups[0]["lr"])
+                        stop = bool(on_step(StepLog(state.step, last_loss, speed, lr)))
+                    if cfg.sample_every and state.step % cfg.sample_every == 0:
+                        samples()
+                    if stop or state.step >= cfg.max_steps:
                         break
-            self.save_checkpoint()
+                    if state.step % cfg.checkpoint_every == 0:
+                        checkpoint()
+                if stop:
+                    break
+            if cfg.sample_every and state.step % cfg.sample_every:
+                samples()  # the final adapter's row
+            checkpoint()
             files = self._finish()
         finally:
             bar.close()
@@ -422,6 +528,35 @@ class Trainer:
             self.log("adapter written to " + " and ".join(str(p) for p in files))
         acc.wait_for_everyone()
         return files
+
+
+def hold_out(items: list[Any], config: TrainConfig) -> list[Any]:
+    """The references of the sample previews: ``sample_count`` items picked by the run's seed, so a
+    resumed run holds out the same ones. At least one batch is left to train on."""
+    count = min(config.sample_count, max(0, len(items) - config.batch_size))
+    if count < 1:
+        raise TrainingError(
+            f"Sample previews hold {config.sample_count} image(s) out of training, but the folder has "
+            f"only {len(items)} readable image(s) for batches of {config.batch_size}. Add images, lower "
+            "the batch size, or turn the previews off."
+        )
+    order = torch.randperm(len(items), generator=torch.Generator().manual_seed(config.seed + 7919))
+    return [items[i] for i in sorted(order[:count].tolist())]
+
+
+def environment_versions() -> dict[str, str]:
+    """What a run needs to be reproduced, besides its settings: the software it ran on."""
+    import platform
+    from importlib import metadata
+
+    versions = {"python": platform.python_version(), "platform": platform.platform()}
+    for package in ("torch", "diffusers", "transformers", "accelerate", "ipa-studio"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = "not installed"
+    versions["cuda"] = torch.version.cuda or "none"
+    return versions
 
 
 def bundled_config(name: str) -> Path:
