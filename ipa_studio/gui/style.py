@@ -9,7 +9,8 @@ from PySide6.QtWidgets import QApplication
 ACCENT = "#3d8bfd"
 
 STYLESHEET = f"""
-QWidget#controlColumn, QWidget#leftPane, QWidget#trainColumn, QWidget#trainLeftPane {{ background: #232326; }}
+QWidget#controlColumn, QWidget#leftPane, QWidget#trainColumn, QWidget#trainLeftPane,
+QWidget#evaluateColumn {{ background: #232326; }}
 QWidget#rightPane, QWidget#setupPage, QWidget#trainRightPane {{ background: #1c1c1e; }}
 QFrame#section, QFrame#modelRow {{ background: #2b2b2f; border: 1px solid #38383d; border-radius: 8px; }}
 QFrame#section QLabel, QFrame#modelRow QLabel {{ background: transparent; border: none; }}

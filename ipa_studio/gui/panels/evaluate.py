@@ -168,7 +168,7 @@ class EvaluatePanel(QWidget):
         outer.addWidget(split)
 
         column = QWidget()
-        column.setObjectName("controlColumn")
+        column.setObjectName("evaluateColumn")
         col = QVBoxLayout(column)
         col.setContentsMargins(10, 10, 10, 10)
         col.setSpacing(10)
