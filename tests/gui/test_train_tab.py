@@ -93,6 +93,20 @@ def test_the_folder_check_counts_pictures_captions_and_unreadable_files(window, 
     assert panel.process is None
 
 
+def test_an_official_json_list_is_checked_like_a_folder(window, qtbot, tmp_path):
+    from tests.conftest import write_official_json_dataset
+
+    # The official repository's layout (tutorial_train.py): a list of {"image_file", "text"}.
+    json_file, _root = write_official_json_dataset(
+        tmp_path / "official", {"a.png": "a red boat", "sub/b.png": "a cat"}, root_name="."
+    )
+    panel = open_tab(window, qtbot)
+    text = choose_folder(panel, qtbot, json_file)
+    assert text.startswith("2 pictures · 2 with a caption"), text
+    assert panel.start_button.isEnabled()
+    assert Path(panel.settings(tmp_path / "run")["data"]) == json_file
+
+
 @ends_training
 def test_a_short_run_draws_curves_and_a_growing_sample_grid_without_stalling(window, qtbot, dataset):
     panel = open_tab(window, qtbot)

@@ -109,10 +109,11 @@ class _ScanThread(QThread):
 
     def run(self) -> None:
         from ipa_studio.core.errors import IPAStudioError
-        from ipa_studio.core.train.data import scan_captioned_folder
+        from ipa_studio.core.train.data import scan_dataset
 
         try:
-            scan = scan_captioned_folder(self.folder)
+            # A folder, or a .json list in the official format whose paths start at its folder.
+            scan = scan_dataset(self.folder)
         except IPAStudioError as exc:
             self.done.emit(self.number, None, str(exc))
         except OSError as exc:
@@ -250,7 +251,9 @@ class TrainPanel(QWidget):
         col.setSpacing(10)
 
         data = Section(
-            "Dataset", "A folder of pictures, each with a .txt caption beside it, or a metadata.jsonl."
+            "Dataset",
+            "A folder of pictures, each with a .txt caption beside it, or a metadata.jsonl; or a "
+            '.json list in the official format [{"image_file", "text"}], its paths starting at its folder.',
         )
         row = QHBoxLayout()
         self.folder_edit = QLineEdit()
@@ -258,8 +261,14 @@ class TrainPanel(QWidget):
         self.folder_edit.editingFinished.connect(lambda: self.set_folder(self.folder_edit.text()))
         self.choose_button = QPushButton("Choose…")
         self.choose_button.clicked.connect(self._choose_folder)
+        self.json_button = QPushButton("JSON list…")
+        self.json_button.setToolTip(
+            "A dataset list in the official IP-Adapter format (tutorial_train.py's --data_json_file)"
+        )
+        self.json_button.clicked.connect(self._choose_json)
         row.addWidget(self.folder_edit, 1)
         row.addWidget(self.choose_button)
+        row.addWidget(self.json_button)
         data.body.addLayout(row)
         self.scan_label = QLabel("No folder chosen yet.")
         self.scan_label.setWordWrap(True)
@@ -436,6 +445,11 @@ class TrainPanel(QWidget):
     # ------------------------------------------------------------------ dataset check
     def _choose_folder(self) -> None:
         chosen = dialogs.open_folder(self, "training data", "Choose the folder of training pictures")
+        if chosen:
+            self.set_folder(chosen)
+
+    def _choose_json(self) -> None:
+        chosen = dialogs.open_file(self, "training data", "Choose a dataset list", "JSON (*.json)")
         if chosen:
             self.set_folder(chosen)
 
