@@ -17,7 +17,7 @@ import json
 import os
 import secrets
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -100,35 +100,36 @@ class HashCache:
         try:
             if not p.exists():
                 return None
-            key = str(p.resolve())
-            signature = _signature(p)
         except OSError:
             return None
-        with self._lock:
-            entry = self._load().get(key)
-            if isinstance(entry, dict) and entry.get("signature") == signature:
-                value = entry.get("sha256")
-                if isinstance(value, str):
-                    return value
-        # Imported here: the model library brings torch, which the window does not load at start.
-        from ipa_studio.core.models.library import sha256_of
 
-        try:
-            digest = sha256_of(p)
-        except OSError:
-            return None
-        with self._lock:
-            self._load()[key] = {"signature": signature, "sha256": digest}
-            self._save()
-        return digest
+        def compute(target: Path) -> str:
+            # Imported here: the model library brings torch, which the window does not load at start.
+            from ipa_studio.core.models.library import sha256_of
+
+            return sha256_of(target)
+
+        return self._cached(p, "", compute)
 
     def a1111_lora_hash(self, path: str | os.PathLike[str]) -> str | None:
         """A1111's hash of a LoRA file (see ``ModelHashes.lora_a1111``), cached like ``sha256``."""
         p = Path(path).expanduser()
         if p.suffix.lower() != ".safetensors":
             return self.sha256(p)
+        # A damaged safetensors header (ValueError) has no A1111 hash either.
+        return self._cached(p, "#addnet", addnet_hash, (OSError, ValueError))
+
+    def _cached(
+        self,
+        p: Path,
+        suffix: str,
+        compute: Callable[[Path], str],
+        errors: tuple[type[Exception], ...] = (OSError,),
+    ) -> str | None:
+        """``compute(p)``, remembered under the file's resolved path + ``suffix`` until the file's
+        size or modification time changes; ``None`` when the file cannot be read (``errors``)."""
         try:
-            key = str(p.resolve()) + "#addnet"
+            key = str(p.resolve()) + suffix
             signature = _signature(p)
         except OSError:
             return None
@@ -139,8 +140,8 @@ class HashCache:
                 if isinstance(value, str):
                     return value
         try:
-            digest = addnet_hash(p)
-        except (OSError, ValueError):
+            digest = compute(p)
+        except errors:
             return None
         with self._lock:
             self._load()[key] = {"signature": signature, "sha256": digest}
