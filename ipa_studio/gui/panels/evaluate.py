@@ -21,6 +21,7 @@ from typing import Any
 from PySide6.QtCore import QProcess, QProcessEnvironment, Qt, QTimer, Signal
 from PySide6.QtGui import QFont
 from PySide6.QtWidgets import (
+    QAbstractButton,
     QAbstractItemView,
     QGridLayout,
     QHBoxLayout,
@@ -92,6 +93,8 @@ class _PathField(QWidget):
         self.edit = QLineEdit()
         self.edit.setPlaceholderText(placeholder)
         self.edit.setClearButtonEnabled(True)
+        for clear in self.edit.findChildren(QToolButton):  # the clear button Qt adds
+            clear.setToolTip("Clear")
         self.edit.editingFinished.connect(self.changed)
         row.addWidget(self.edit, 1)
         self.buttons: list[QToolButton] = []
@@ -302,6 +305,7 @@ class EvaluatePanel(QWidget):
         self.start_button.clicked.connect(self.start)
         self.cancel_button = QPushButton("Cancel")
         self.cancel_button.setObjectName("cancelButton")
+        self.cancel_button.setToolTip("Stop the evaluation; the checkpoints scored so far stay in the table")
         self.cancel_button.setEnabled(False)
         self.cancel_button.clicked.connect(self.cancel)
         buttons.addWidget(self.start_button, 1)
@@ -337,6 +341,8 @@ class EvaluatePanel(QWidget):
         rl.addWidget(self.chart, 3)
         self.table = QTableWidget(0, len(COLUMNS))
         self.table.setHorizontalHeaderLabels(list(COLUMNS))
+        for corner in self.table.findChildren(QAbstractButton):  # Qt's select-all corner button
+            corner.setToolTip("Select every row")
         self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
         self.table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
         self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)

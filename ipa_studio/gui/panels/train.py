@@ -305,6 +305,20 @@ class TrainPanel(QWidget):
         self.checkpoint_box = self._spin(1, 1_000_000, 500)
         self.checkpoint_box.setToolTip("A checkpoint every this many steps, to resume from or to evaluate")
         self.sample_box = self._spin(0, 1_000_000, 100)
+        tips = {
+            self.choose_button: "The folder of training pictures (captions beside them, or a metadata.jsonl)",
+            self.base_combo: "The SD1.5 model the adapter is trained for; it stays frozen",
+            self.encoder_combo: "The CLIP image encoder that embeds the references; it stays frozen",
+            self.variant_combo: (
+                "Global: 4 tokens from the image embedding (the paper's); Plus: 16 from its grid"
+            ),
+            self.resolution_box: "Training pictures are cut to this square (the paper: 512)",
+            self.steps_box: "Optimizer steps to train (the paper: 1,000,000 at batch 64)",
+            self.batch_box: "Pictures per step; a smaller batch needs less memory",
+            self.precision_combo: "The number format of the frozen models; the adapter itself learns in fp32",
+        }
+        for widget, tip in tips.items():
+            widget.setToolTip(tip)
         self.sample_box.setSpecialValueText("off")
         self.sample_box.setToolTip(
             "Every this many steps, the held-out references are drawn with the adapter as it is then"
@@ -327,6 +341,8 @@ class TrainPanel(QWidget):
         self.start_button.setObjectName("primary")
         self.pause_button = QPushButton("Pause")
         self.resume_button = QPushButton("Resume")
+        self.start_button.setToolTip("Start a new run in its own process; the window stays usable")
+        self.resume_button.setToolTip("Go on with the paused run from the step it reached")
         self.stop_button = QPushButton("Stop")
         self.start_button.clicked.connect(self.start)
         self.pause_button.clicked.connect(self.pause)
